@@ -1,0 +1,31 @@
+"""Pure Flax modules: no data, no optimizer, no I/O."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from modernlm_jax.model.config import ModelConfig
+from modernlm_jax.model.transformer import LanguageModel, init_cache, logits_from_hidden, output_embedding
+
+
+def _boxed_init(cfg: ModelConfig, rng):
+  return LanguageModel(cfg).init(rng, jnp.zeros((1, 8), jnp.int32))["params"]
+
+
+def init_params(cfg: ModelConfig, rng) -> dict:
+  """Float32 parameters as plain arrays (logical-axis annotations removed)."""
+  return nn.meta.unbox(_boxed_init(cfg, rng))
+
+
+def param_logical_axes(cfg: ModelConfig):
+  """Tree of PartitionSpecs of logical axis names, matching `init_params`' structure (no allocation)."""
+  boxed = jax.eval_shape(lambda: _boxed_init(cfg, jax.random.key(0)))
+  return nn.get_partition_spec(boxed)
+
+
+__all__ = [
+    "ModelConfig", "LanguageModel", "init_params", "init_cache", "param_logical_axes", "logits_from_hidden",
+    "output_embedding",
+]

@@ -1,0 +1,167 @@
+"""Causal self-attention with every option the families need, and a KV-cache decode path.
+
+Options: RoPE / ALiBi / both / none for relative position, an output gate (sigmoid(x W_g) ⊙ attention
+output, per head or per element, "Gated Attention for LLMs"), attention sinks (a learnable per-head
+logit that competes in the softmax and absorbs probability mass), QK-norm, biases on/off.
+
+Kernels: `reference` (einsum, always available, what tests compare against), `xla`
+(`jax.nn.dot_product_attention(implementation="xla")`) and `cudnn` (flash attention on NVIDIA GPUs).
+`auto` picks the fastest kernel that supports the options and logs why it fell back when it must.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from modernlm_jax.model import positions as pos_lib
+from modernlm_jax.model.config import ModelConfig
+from modernlm_jax.model.layers import RMSNorm, compute_dtype, normal_init, param_with_axes, residual_init
+
+_NEG_INF = -1e30  # finite, so rows with every key masked (padding) give zeros-weighted output instead of NaN
+_logged_choices: set[tuple[str, str]] = set()
+
+
+def select_attention_impl(cfg: ModelConfig, *, backend: str, has_segments: bool, decoding: bool) -> tuple[str, str]:
+  """Returns (kernel, reason). Pure function of the options, so it is unit-testable on CPU."""
+  wanted = cfg.attention_impl
+  needs_reference = []
+  if cfg.attn_sinks:
+    needs_reference.append("attention sinks")
+  if wanted == "reference":
+    return "reference", "requested"
+  if needs_reference:
+    return "reference", f"{', '.join(needs_reference)} need the reference kernel"
+  cudnn_blockers = []
+  if backend != "gpu":
+    cudnn_blockers.append(f"backend is {backend}")
+  if cfg.dtype not in ("bfloat16", "float16"):
+    cudnn_blockers.append(f"dtype {cfg.dtype} (cuDNN flash attention needs bf16/fp16)")
+  if "alibi" in cfg.positions:
+    cudnn_blockers.append("ALiBi bias")
+  if has_segments:
+    cudnn_blockers.append("packed-document segment masking")
+  if decoding:
+    cudnn_blockers.append("KV-cache decoding")
+  if wanted in ("cudnn", "auto") and not cudnn_blockers:
+    return "cudnn", "requested" if wanted == "cudnn" else "auto: GPU with supported options"
+  if wanted == "cudnn":
+    return "xla", "cuDNN unavailable for " + "; ".join(cudnn_blockers)
+  return "xla", "requested" if wanted == "xla" else "auto"
+
+
+def _log_choice(impl: str, reason: str) -> None:
+  if (impl, reason) not in _logged_choices:
+    _logged_choices.add((impl, reason))
+    logging.info("attention kernel: %s (%s)", impl, reason)
+
+
+def reference_attention(q_BTHD, k_BSHD, v_BSHD, mask_BTS, bias_BHTS=None, sink_H=None):
+  """softmax(q k^T / sqrt(d) + bias, masked) v, in float32, with optional per-head sink logits."""
+  scale = 1.0 / math.sqrt(q_BTHD.shape[-1])
+  s_BHTS = jnp.einsum("bthd,bshd->bhts", q_BTHD, k_BSHD, preferred_element_type=jnp.float32) * scale
+  if bias_BHTS is not None:
+    s_BHTS = s_BHTS + bias_BHTS
+  s_BHTS = jnp.where(mask_BTS[:, None, :, :], s_BHTS, _NEG_INF)
+  m_BHT1 = jnp.max(s_BHTS, axis=-1, keepdims=True)
+  if sink_H is not None:
+    # The sink is an extra key with a learned logit and a zero value: it only takes probability mass.
+    sink_1H11 = sink_H.astype(jnp.float32)[None, :, None, None]
+    m_BHT1 = jnp.maximum(m_BHT1, sink_1H11)
+  p_BHTS = jnp.exp(s_BHTS - m_BHT1)
+  denom_BHT1 = jnp.sum(p_BHTS, axis=-1, keepdims=True)
+  if sink_H is not None:
+    denom_BHT1 = denom_BHT1 + jnp.exp(sink_1H11 - m_BHT1)
+  p_BHTS = p_BHTS / denom_BHT1
+  return jnp.einsum("bhts,bshd->bthd", p_BHTS.astype(v_BSHD.dtype), v_BSHD)
+
+
+class CausalSelfAttention(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BTD, *, positions_BT, segment_ids_BT=None, cache=None, decode_info=None):
+    cfg = self.cfg
+    dt = compute_dtype(cfg)
+    H, Dh, D = cfg.n_heads, cfg.head_dim, cfg.d_model
+    x_BTD = x_BTD.astype(dt)
+
+    def project_in(name):
+      w = param_with_axes(self, f"{name}_kernel", normal_init(cfg.init_std), (D, H, Dh), ("embed", "heads", "head_dim"))
+      y = jnp.einsum("btd,dhk->bthk", x_BTD, w.astype(dt))
+      if cfg.use_bias:
+        y = y + param_with_axes(self, f"{name}_bias", nn.initializers.zeros, (H, Dh), ("heads", "head_dim")).astype(dt)
+      return y
+
+    q_BTHD, k_BTHD, v_BTHD = project_in("query"), project_in("key"), project_in("value")
+    if cfg.qk_norm:
+      q_BTHD = RMSNorm(eps=cfg.norm_eps, dtype=dt, name="q_norm")(q_BTHD)
+      k_BTHD = RMSNorm(eps=cfg.norm_eps, dtype=dt, name="k_norm")(k_BTHD)
+    sink_H = None
+    if cfg.attn_sinks:
+      sink_H = param_with_axes(self, "sink_logit", nn.initializers.zeros, (H,), ("heads",))
+
+    new_cache = None
+    if cache is None:
+      q_pos, k_pos = positions_BT, positions_BT
+      k_BSHD, v_BSHD = k_BTHD, v_BTHD
+      T = x_BTD.shape[1]
+      mask_BTS = jnp.tril(jnp.ones((T, T), bool))[None]
+      if segment_ids_BT is not None:
+        mask_BTS = mask_BTS & (segment_ids_BT[:, :, None] == segment_ids_BT[:, None, :])
+    else:
+      # Keys are cached before RoPE so streaming (sink) decoding can re-position them inside the window.
+      slots_BT = decode_info["slots_BT"]
+      b_idx = jnp.arange(x_BTD.shape[0])[:, None]
+      k_cache = cache["k"].at[b_idx, slots_BT].set(k_BTHD.astype(cache["k"].dtype), mode="drop")
+      v_cache = cache["v"].at[b_idx, slots_BT].set(v_BTHD.astype(cache["v"].dtype), mode="drop")
+      new_cache = {"k": k_cache, "v": v_cache}
+      k_BSHD, v_BSHD = k_cache.astype(dt), v_cache.astype(dt)
+      q_pos, k_pos = decode_info["eff_q_BT"], decode_info["eff_k_BS"]
+      kv_abs_BS = decode_info["kv_pos_BS"]
+      mask_BTS = (kv_abs_BS[:, None, :] >= 0) & (kv_abs_BS[:, None, :] <= positions_BT[:, :, None])
+
+    if "rope" in cfg.positions:
+      q_BTHD = pos_lib.apply_rope(q_BTHD, q_pos, cfg.rope_theta)
+      k_BSHD = pos_lib.apply_rope(k_BSHD, k_pos, cfg.rope_theta)
+    bias_BHTS = pos_lib.alibi_bias(q_pos, k_pos, H) if "alibi" in cfg.positions else None
+
+    impl, reason = select_attention_impl(
+        cfg, backend=jax.default_backend(), has_segments=segment_ids_BT is not None, decoding=cache is not None)
+    _log_choice(impl, reason)
+    if impl == "reference":
+      out_BTHD = reference_attention(q_BTHD, k_BSHD, v_BSHD, mask_BTS, bias_BHTS, sink_H)
+    else:
+      causal_only = cache is None and segment_ids_BT is None
+      out_BTHD = jax.nn.dot_product_attention(
+          q_BTHD, k_BSHD, v_BSHD,
+          bias=None if bias_BHTS is None else bias_BHTS.astype(dt),
+          mask=None if causal_only else mask_BTS[:, None, :, :],
+          is_causal=causal_only,
+          implementation=impl)
+
+    if cfg.attn_gate != "none":
+      gate_shape, gate_axes = ((D, H, Dh), ("embed", "heads", "head_dim")) if cfg.attn_gate == "elementwise" else (
+          (D, H), ("embed", "heads"))
+      w_g = param_with_axes(self, "gate_kernel", normal_init(cfg.init_std), gate_shape, gate_axes)
+      g = jnp.einsum("btd,d...->bt...", x_BTD, w_g.astype(dt))
+      if cfg.use_bias:
+        g = g + param_with_axes(self, "gate_bias", nn.initializers.zeros, gate_shape[1:], gate_axes[1:]).astype(dt)
+      g = jax.nn.sigmoid(g)
+      out_BTHD = out_BTHD * (g if cfg.attn_gate == "elementwise" else g[..., None])
+
+    w_o = param_with_axes(self, "out_kernel", residual_init(cfg), (H, Dh, D), ("heads", "head_dim", "embed"))
+    y_BTD = jnp.einsum("bthk,hkd->btd", out_BTHD.astype(dt), w_o.astype(dt))
+    if cfg.use_bias:
+      y_BTD = y_BTD + param_with_axes(self, "out_bias", nn.initializers.zeros, (D,), ("embed",)).astype(dt)
+    return y_BTD, new_cache
+
+
+def init_attention_cache(cfg: ModelConfig, batch_size: int, max_len: int, dtype=None) -> dict:
+  dtype = jnp.dtype(dtype or cfg.dtype)
+  shape = (batch_size, max_len, cfg.n_heads, cfg.head_dim)
+  return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
