@@ -1,0 +1,79 @@
+"""The base ConfigDict every task config starts from, and the preset logic for `--config=...:<preset>`.
+
+Configs are locked: a typo in `--config.a.b=value` is an error listing the valid keys.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from modernlm_jax.model import ModelConfig
+from modernlm_jax.model import scales
+
+
+def train_defaults() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      steps=1000,
+      batch_size=32,  # global rows per optimizer step
+      accum_steps=1,  # micro-batches per step (batch_size must divide by it)
+      lr=3e-4,
+      min_lr_ratio=0.1,
+      warmup_steps=100,
+      schedule="cosine",  # cosine | constant
+      b1=0.9,
+      b2=0.95,
+      eps=1e-8,
+      weight_decay=0.1,
+      decay_embeddings=False,
+      grad_clip=1.0,
+      z_loss=0.0,
+      sigreg_weight=0.0,  # SIGReg embedding regulariser (real part of the characteristic function); 0 = off
+      loss_chunk=0,  # tokens per vocabulary-projection chunk in the loss; 0 = whole batch at once
+      skip_nonfinite=False,  # True: skip a non-finite step and count it; False: stop the run
+      log_every=10,
+      eval_every=200,
+      eval_batches=8,
+      checkpoint_every=200,
+      keep_checkpoints=3,
+      async_checkpoint=True,
+      tensorboard=True,
+      profile_steps=0,  # >0: write a jax.profiler trace of that many steps after warm-up
+  ))
+
+
+def model_config_dict(cfg: ModelConfig) -> ml_collections.ConfigDict:
+  d = cfg.to_dict()
+  d["layer_pattern"] = ",".join(cfg.layer_pattern)  # a string, so --config.model.layer_pattern=... works
+  return ml_collections.ConfigDict(d)
+
+
+def base_config(preset: str = "modern-tiny") -> ml_collections.ConfigDict:
+  from modernlm_jax.data.pipeline import default_data_config
+  from modernlm_jax.data.tokenizers import default_tokenizer_config
+
+  c = ml_collections.ConfigDict()
+  c.task = "pretrain"
+  c.objective = "next_token"
+  c.seed = 42
+  c.preset = preset
+  c.model = model_config_dict(scales.preset(preset))
+  c.tokenizer = default_tokenizer_config()
+  c.data = default_data_config()
+  c.train = train_defaults()
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  c.init_from = ""  # run directory or checkpoint step directory to start from (SFT, DPO, fine-tuning)
+  c.sample = ml_collections.ConfigDict(dict(prompt="The", max_new_tokens=48, temperature=0.8, top_k=40, top_p=1.0))
+  c.dpo = ml_collections.ConfigDict(dict(beta=0.1))
+  apply_preset_tokenizer(c, preset)
+  return c
+
+
+def apply_preset_tokenizer(c: ml_collections.ConfigDict, preset: str) -> None:
+  """Small scales train an SentencePiece vocabulary of the model's size; 125M+ use GPT-2 BPE."""
+  scale = preset.partition("-")[2]
+  kind = scales.preset_tokenizer(scale)
+  c.tokenizer.kind = kind
+  if kind == "sentencepiece":
+    c.tokenizer.vocab_size = c.model.vocab_size
+
+

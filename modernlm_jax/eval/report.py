@@ -1,0 +1,474 @@
+"""report.md and its PNG figures, regenerated from a results dict alone.
+
+`write_report(results, out_dir)` writes ``out_dir/report.md`` and ``out_dir/*.png``. The output is a
+pure function of `results` (no timestamps, no environment lookups), so regenerating from a saved
+results.json reproduces the same report.md byte for byte. A section without data says what is
+missing and why instead of being dropped; failed runs are listed and left out of every aggregate.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from modernlm_jax.eval import decision
+from modernlm_jax.eval import inference_protocol as ip
+from modernlm_jax.eval import plots
+from modernlm_jax.eval import results as results_lib
+from modernlm_jax.eval import stats as stats_lib
+from modernlm_jax.eval.scaling import growth_label
+
+REPORT_NAME = "report.md"
+FIGURES = {
+    "val_curves": "val_loss_curves.png",
+    "scaling_law": "scaling_law.png",
+    "context_scaling": "context_scaling.png",
+    "statefulness": "statefulness_vs_distance.png",
+}
+_TIER_NAMES = {
+    decision.EXCELLENT: "Excellent",
+    decision.PROMISING: "Promising",
+    decision.GOOD_ENOUGH: "Good enough",
+    decision.BELOW: "below Good enough",
+    decision.MISSING: "not measured",
+}
+_RATIO_INPUT = {
+    "loss_ratio": ("val_loss", "validation loss", "{:.4f}"),
+    "statefulness_ratio": ("statefulness_score", "statefulness score", "{:.4f}"),
+    "speed_ratio": ("decode_tok_s", "decode tokens/s", "{:.1f}"),
+    "memory_ratio": ("peak_mem_bytes", "peak memory (MiB)", "{:.1f}"),
+}
+
+
+# --------------------------------------------------------------------------- formatting helpers
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return out
+
+
+def _num(x: float | None, fmt: str = "{:.4f}") -> str:
+    if x is None:
+        return "not measured"
+    if isinstance(x, float) and math.isinf(x):
+        return "∞"
+    return fmt.format(x)
+
+
+def _summary(runs: Sequence[Mapping], path: Sequence[str]) -> stats_lib.Summary | None:
+    vals = results_lib.metric_values(runs, path)
+    return stats_lib.summarize(vals) if vals else None
+
+
+def _fmt_summary(s: stats_lib.Summary | None, digits: int = 4, scale: float = 1.0) -> str:
+    if s is None:
+        return "not measured"
+    if s.n == 1:
+        return f"{s.mean * scale:.{digits}f} (n=1)"
+    return f"{s.mean * scale:.{digits}f} ± {s.std * scale:.{digits}f} (n={s.n})"
+
+
+def _mark(cand: stats_lib.Summary | None, base: stats_lib.Summary | None, kind: str) -> str:
+    if cand is None or base is None:
+        return ""
+    if cand.n < 2 or base.n < 2:
+        mark = "n/a"
+    else:
+        mark = "*" if stats_lib.is_significant(cand, base) else ""
+    if base.mean != 0 and stats_lib.is_practically_meaningful(kind, cand.mean, base.mean):
+        mark = (mark + "†") if mark != "n/a" else "n/a †"
+    return mark
+
+
+def _delta(cand: stats_lib.Summary | None, base: stats_lib.Summary | None) -> str:
+    if cand is None or base is None or base.mean == 0:
+        return "-"
+    return f"{stats_lib.relative_delta(cand.mean, base.mean):+.2%}"
+
+
+def _why_no_runs(results: Mapping, family: str, scale: str) -> str:
+    runs = [r for r in results_lib.all_runs(results) if r["family"] == family and r["scale"] == scale]
+    if not runs:
+        return "never run"
+    return "all runs failed"
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _verdict_section(results: Mapping) -> tuple[list[str], list[dict]]:
+    base = results_lib.baseline_family(results)
+    fams = results_lib.families(results)
+    lines = ["## Verdict", ""]
+    verdicts = []
+    if base not in fams:
+        lines.append(
+            f"No verdict: the baseline family `{base}` has no runs in results.json "
+            "(set protocol.baseline_family if the baseline has another name)."
+        )
+        return lines + [""], verdicts
+    candidates = [f for f in fams if f != base]
+    if not candidates:
+        lines.append(f"No verdict: results.json holds only the baseline family `{base}`; there is no candidate to compare.")
+        return lines + [""], verdicts
+    for cand in candidates:
+        v = decision.verdict_from_results(results, cand, base)
+        verdicts.append(v)
+        scale = v["scale"] or "no common scale"
+        lines.append(f"**Verdict — {cand} vs {base} at {scale}: {v['decision']}**")
+        lines.append("")
+        lines += [f"- {r}" for r in v["reasons"]]
+        lines.append("")
+        if v["scale"] is None:
+            continue
+        rows = []
+        for key in decision.RATIO_KEYS:
+            src, label, fmt = _RATIO_INPUT[key]
+            cv, bv = v["candidate_metrics"][src], v["baseline_metrics"][src]
+            if src == "peak_mem_bytes":
+                cv = None if cv is None else cv / 2**20
+                bv = None if bv is None else bv / 2**20
+            t = decision.PRACTICAL_THRESHOLDS[key]
+            rows.append(
+                [
+                    key,
+                    label,
+                    _num(cv, fmt),
+                    _num(bv, fmt),
+                    _num(v["ratios"][key], "{:.3f}"),
+                    _TIER_NAMES[v["tiers"][key]],
+                    f"{t.good_enough:g} / {t.promising:g} / {t.excellent:g}",
+                ]
+            )
+        lines += _table(
+            ["metric", "from", cand, base, "ratio", "tier", "good / promising / excellent at"], rows
+        )
+        lines.append("")
+        ss = v["should_scale"]
+        if ss is None:
+            lines.append("`should_scale` (the protocol's code): not evaluated, the loss ratio is missing.")
+        else:
+            sub = (
+                f" (missing {', '.join(v['should_scale_substituted'])} taken as 1.0 = no advantage)"
+                if v["should_scale_substituted"]
+                else ""
+            )
+            agree = "agrees with" if v["should_scale_agrees"] else "disagrees with"
+            lines.append(f"`should_scale` (the protocol's code): {ss['scale']} — \"{ss['reason']}\"{sub}; {agree} the verdict.")
+        li = v.get("loss_interpretation")
+        if li:
+            cl, bl = v["candidate_metrics"]["val_loss"], v["baseline_metrics"]["val_loss"]
+            lines.append(
+                f"Interpretation guide: loss {cl:.4f} vs {bl:.4f} (ratio {li['ratio']:.3f}) → {li['label']} ({li['action']})."
+            )
+        lines.append("")
+        lines += _table(
+            ["red line", "rule", "fired", "detail"],
+            [
+                [r["name"], r["rule"], {True: "YES", False: "no", None: "not evaluated"}[r["triggered"]], r["detail"]]
+                for r in v["red_lines"]
+            ],
+        )
+        lines.append("")
+    lines.append(
+        "Tiers follow the practical-thresholds table; GO needs no red line, loss within 15 % of the baseline, "
+        "and ≥ 1 Excellent or ≥ 2 Promising. `should_scale` is the protocol's own decision function, shown "
+        "alongside because it is more permissive (any ratio > 1.1 counts as an advantage)."
+    )
+    return lines + [""], verdicts
+
+
+def _protocol_section(results: Mapping) -> list[str]:
+    proto = results.get("protocol") or {}
+    # JSON text, not repr: a tuple and the list it becomes after a save/load round trip print the same.
+    rows = [[k, f"`{proto[k] if isinstance(proto[k], str) else json.dumps(proto[k], sort_keys=True)}`"] for k in proto]
+    n_ok, n_failed = len(results_lib.ok_runs(results)), len(results_lib.failed_runs(results))
+    lines = ["## Protocol", ""] + _table(["setting", "value"], rows)
+    lines += ["", f"Runs: {n_ok} successful, {n_failed} failed, families {results_lib.families(results)}, "
+              f"scales {results_lib.scales(results)}.", ""]
+    return lines
+
+
+def _lm_section(results: Mapping) -> list[str]:
+    base = results_lib.baseline_family(results)
+    lines = ["## Language modeling", ""]
+    if not results_lib.ok_runs(results):
+        return lines + ["No successful runs: every run failed (see Failed runs), so there is nothing to tabulate.", ""]
+    for scale in results_lib.scales(results):
+        base_runs = results_lib.ok_runs(results, family=base, scale=scale)
+        b_loss = _summary(base_runs, ("final", "val_loss"))
+        b_ppl = _summary(base_runs, ("final", "ppl"))
+        rows = []
+        for fam in results_lib.families(results):
+            runs = results_lib.ok_runs(results, family=fam, scale=scale)
+            if not runs:
+                rows.append([fam, "-", f"no successful run ({_why_no_runs(results, fam, scale)})", "", "", "", ""])
+                continue
+            loss = _summary(runs, ("final", "val_loss"))
+            ppl = _summary(runs, ("final", "ppl"))
+            bpb = _summary(runs, ("final", "bpb"))
+            params = sorted(r["params"] for r in runs)[len(runs) // 2]
+            is_base = fam == base
+            rows.append(
+                [
+                    fam,
+                    f"{params:,}",
+                    _fmt_summary(loss),
+                    _fmt_summary(ppl, 2),
+                    _fmt_summary(bpb),
+                    "baseline" if is_base else _delta(loss, b_loss),
+                    "" if is_base else (_mark(loss, b_loss, "loss") + " / " + _mark(ppl, b_ppl, "loss")).strip(" /"),
+                ]
+            )
+        lines += [f"### Scale {scale}", ""]
+        lines += _table(["family", "params", "val loss", "perplexity", "bits/byte", "Δ loss vs " + base, "marks (loss / ppl)"], rows)
+        lines.append("")
+    lines.append(
+        "Mean ± sample std over seeds. Marks: `*` significant by the protocol's rule "
+        "|m1 − m2| > 2·sqrt(σ1² + σ2²); `†` more than 10 % relative improvement over the baseline; "
+        "`n/a` significance undefined with a single seed."
+    )
+    lines.append("")
+    task_names = sorted({t for r in results_lib.ok_runs(results) for t in (r.get("tasks") or {})})
+    if task_names:
+        lines += ["### Downstream tasks (accuracy)", ""]
+        rows = []
+        for scale in results_lib.scales(results):
+            for fam in results_lib.families(results):
+                runs = results_lib.ok_runs(results, family=fam, scale=scale)
+                if runs:
+                    rows.append([scale, fam] + [_fmt_summary(_summary(runs, ("tasks", t)), 3) for t in task_names])
+        lines += _table(["scale", "family"] + task_names, rows) + [""]
+    return lines
+
+
+def _figure(lines: list[str], fig: dict | str, title: str) -> None:
+    if isinstance(fig, str):
+        lines += [f"Figure not drawn: {fig}.", ""]
+        return
+    lines += [f"![{title}]({fig['path'].name})", ""]
+    lines += [f"Note: {n}." for n in fig["notes"]]
+    if fig["notes"]:
+        lines.append("")
+
+
+def _statefulness_section(results: Mapping, fig: dict | str) -> list[str]:
+    base = results_lib.baseline_family(results)
+    lines = ["## Statefulness", ""]
+    runs_with = [r for r in results_lib.ok_runs(results) if r.get("statefulness")]
+    if not runs_with:
+        return lines + ["No statefulness results: no successful run has a `statefulness` entry "
+                        "(the statefulness probes were not run for any family).", ""]
+    tiers = sorted({t for r in runs_with for t in (r["statefulness"].get("by_tier") or {})})
+    rows = []
+    for scale in results_lib.scales(results):
+        b = _summary(results_lib.ok_runs(results, family=base, scale=scale), ("statefulness", "score"))
+        for fam in results_lib.families(results):
+            runs = [r for r in results_lib.ok_runs(results, family=fam, scale=scale) if r.get("statefulness")]
+            if not runs:
+                ok = results_lib.ok_runs(results, family=fam, scale=scale)
+                reason = "probes not run" if ok else _why_no_runs(results, fam, scale)
+                rows.append([scale, fam, f"not measured ({reason})", "", ""] + [""] * len(tiers))
+                continue
+            s = _summary(runs, ("statefulness", "score"))
+            ratio = "baseline" if fam == base else (_num(s.mean / b.mean, "{:.3f}") if b and b.mean else "-")
+            mark = "" if fam == base else _mark(s, b, "accuracy")
+            rows.append([scale, fam, _fmt_summary(s, 3), ratio, mark] + [_fmt_summary(_summary(runs, ("statefulness", "by_tier", t)), 3) for t in tiers])
+    lines += _table(["scale", "family", "score", f"ratio vs {base}", "marks"] + [f"tier {t}" for t in tiers], rows)
+    lines += ["", "Marks: `*` significant (2σ rule); `†` more than 5 points absolute accuracy gain.", ""]
+    chance = results_lib.metric_values(runs_with, ("statefulness", "chance"))
+    if chance:
+        lines += [f"Chance-level score (random choice among the options): {stats_lib.summarize(chance).mean:.3f}.", ""]
+    _figure(lines, fig, "statefulness accuracy vs distance")
+    return lines
+
+
+def _inference_section(results: Mapping, fig: dict | str) -> list[str]:
+    lines = ["## Inference", ""]
+    runs_with = [r for r in results_lib.ok_runs(results) if r.get("inference")]
+    if not runs_with:
+        return lines + ["No inference measurements: no successful run has an `inference` entry "
+                        "(the speed/memory protocol was not run).", ""]
+    rows = []
+    for scale in results_lib.scales(results):
+        for fam in results_lib.families(results):
+            runs = [r for r in results_lib.ok_runs(results, family=fam, scale=scale) if r.get("inference")]
+            if not runs:
+                continue
+            prefill = _summary(runs, ("inference", "prefill_s"))
+            decode = _summary(runs, ("inference", "decode_tok_s"))
+            mem = _summary(runs, ("inference", "peak_mem_bytes"))
+            kinds = sorted({r["inference"].get("mem_kind") for r in runs if r["inference"].get("mem_kind")})
+            exps = results_lib.metric_values(runs, ("inference", "context_scaling", "exponent"))
+            exp_s = "not measured"
+            if exps:
+                e = stats_lib.summarize(exps)
+                exp_s = f"{e.mean:.2f} ({growth_label(e.mean)})"
+            ppl = _summary(runs, ("final", "ppl"))
+            cer = "not measured"
+            if ppl is not None and prefill is not None:
+                cer = f"{ip.compute_efficiency_ratio(ip.quality_from_ppl(ppl.mean), prefill.mean):.3f}"
+            rows.append(
+                [
+                    scale,
+                    fam,
+                    _fmt_summary(prefill, 2, 1e3) + " ms" if prefill else "not measured",
+                    _fmt_summary(decode, 1),
+                    (_fmt_summary(mem, 1, 1 / 2**20) + " MiB") if mem else "not measured",
+                    ", ".join(kinds) or "-",
+                    exp_s,
+                    cer,
+                ]
+            )
+    lines += _table(["scale", "family", "prefill", "decode tok/s", "peak memory", "memory kind", "context exponent", "CER (1/s)"], rows)
+    lines += [
+        "",
+        "Context exponent: slope of log prefill time vs log context length (≈1 linear, ≈2 quadratic). "
+        "CER = (1 / perplexity) / median prefill seconds: a higher-is-better quality per second "
+        "(the protocol's example divides perplexity itself, which would reward a worse model). "
+        "`process_peak_rss` is a whole-process high-water mark (CPU), not comparable with device peaks.",
+        "",
+    ]
+    _figure(lines, fig, "context scaling")
+    return lines
+
+
+def _scaling_section(results: Mapping, fits: Mapping[str, dict | None], fig: dict | str) -> list[str]:
+    base = results_lib.baseline_family(results)
+    lines = ["## Scaling law", ""]
+    rows = []
+    missing = []
+    for fam in results_lib.families(results):
+        fit = fits.get(fam)
+        if fit is None:
+            n = len(decision.family_scaling_points(results, fam))
+            missing.append(f"`{fam}`: {n} successful scale(s), a fit needs at least 2")
+            continue
+        rows.append([fam, f"{fit['a']:.4g}", f"{fit['b']:.4f}", f"{fit['c']:.4f}", fit["kind"], fit["n_scales"], fit["n_points"], f"{fit['rms_residual']:.2e}", fit["note"]])
+    if rows:
+        lines += _table(["family", "a", "b", "c", "form", "scales", "points", "rms residual", "note"], rows) + [""]
+    lines += [f"No fit for {m}." for m in missing]
+    if missing:
+        lines.append("")
+    check_rows = []
+    base_fit = fits.get(base)
+    for fam in results_lib.families(results):
+        pts = decision.family_scaling_points(results, fam)
+        if len(pts) < 2:
+            continue
+        for c in decision.scaling_checks(pts, base_fit):
+            check_rows.append(
+                [fam, f"{c['smaller']} → {c['larger']}", f"{c['loss_smaller']:.4f} → {c['loss_larger']:.4f}",
+                 f"{c['observed_improvement']:.2%}", f"{c['required_improvement']:.2%}", "VIOLATION" if c["violated"] else "ok"]
+            )
+    if check_rows:
+        lines += [
+            f"Expected margin: each larger scale must improve loss by more than half of what the `{base}` "
+            "fitted law predicts for the same growth in parameters (the baseline necessarily matches its "
+            "own law when fitted through 2 scales).",
+            "",
+        ]
+        lines += _table(["family", "step", "mean val loss", "observed gain", "required gain", "check"], check_rows) + [""]
+    lines.append("A steeper b means more parameter-efficient; the protocol expects the families' curves to run parallel.")
+    lines.append("")
+    _figure(lines, fig, "scaling law")
+    return lines
+
+
+def _stability_section(results: Mapping) -> list[str]:
+    lines = ["## Training stability", ""]
+    rows = []
+    checked = 0
+    for r in results_lib.ok_runs(results):
+        curve = (r.get("curves") or {}).get("train_loss")
+        if not curve:
+            continue
+        checked += 1
+        for s in decision.loss_spikes(curve):
+            tok = r["curves"]["tokens"][s["index"]]
+            avg = "-" if s["running_avg"] is None else f"{s['running_avg']:.4f}"
+            rows.append([r["family"], r["scale"], r["seed"], f"{tok:,}", f"{s['loss']:.4f}", avg])
+    if checked == 0:
+        return lines + ["No training-loss curves in successful runs, so loss spikes could not be checked.", ""]
+    if rows:
+        lines += _table(["family", "scale", "seed", "tokens", "loss", "running avg"], rows)
+    else:
+        lines.append(f"No loss spike (> {decision.SPIKE_FACTOR:g}× the mean of the previous {decision.SPIKE_WINDOW} points) in {checked} training curve(s).")
+    return lines + [""]
+
+
+def _smoke_section(results: Mapping) -> list[str]:
+    lines = ["## Smoke protocol", ""]
+    smoke = results.get("smoke")
+    if not smoke:
+        return lines + ["Not run: results.json has no `smoke` entry (the 1 %-data, overfit and gradient-norm "
+                        "checks were not recorded).", ""]
+    if smoke.get("scale"):
+        lines += [f"Scale: {smoke['scale']}.", ""]
+    rows = [[c["name"], {True: "pass", False: "FAIL", None: "not run"}[c["passed"]], c["detail"]] for c in decision.smoke_checks(smoke)]
+    return lines + _table(["check", "result", "detail"], rows) + [""]
+
+
+def _failed_section(results: Mapping) -> list[str]:
+    lines = ["## Failed runs", ""]
+    failed = results_lib.failed_runs(results)
+    if not failed:
+        return lines + ["None: every run finished.", ""]
+    rows = [[r["family"], r["scale"], r["seed"], f"{r['params']:,}", str(r["error"]).replace("|", "\\|").replace("\n", " ")] for r in failed]
+    return lines + _table(["family", "scale", "seed", "params", "error"], rows) + [
+        "", "Failed runs are excluded from every mean, fit and verdict above.", ""
+    ]
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def _draw(fn, *args) -> dict | str:
+    try:
+        return fn(*args)
+    except plots.MissingPlotData as e:
+        return str(e)
+
+
+def write_report(results: Mapping, out_dir: str | Path) -> Path:
+    """Writes report.md and the PNG figures into out_dir; returns the report path.
+
+    Raises ValueError listing the schema problems when `results` is invalid.
+    """
+    problems = results_lib.validate(results)
+    if problems:
+        raise ValueError("cannot report on invalid results:\n  " + "\n  ".join(problems))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in FIGURES.values():
+        # A stale figure from an earlier run must not survive next to a report that says it is missing.
+        (out_dir / name).unlink(missing_ok=True)
+    fits = {fam: decision.family_fit(results, fam) for fam in results_lib.families(results)}
+    figs = {
+        "val_curves": _draw(plots.plot_val_curves, results, out_dir / FIGURES["val_curves"]),
+        "scaling_law": _draw(plots.plot_scaling_law, results, fits, out_dir / FIGURES["scaling_law"]),
+        "context_scaling": _draw(plots.plot_context_scaling, results, out_dir / FIGURES["context_scaling"]),
+        "statefulness": _draw(plots.plot_statefulness, results, out_dir / FIGURES["statefulness"]),
+    }
+    lines = ["# Matched comparison report", ""]
+    verdict_lines, _ = _verdict_section(results)
+    lines += verdict_lines
+    lines += _protocol_section(results)
+    lines += _lm_section(results)
+    _figure(lines, figs["val_curves"], "validation loss curves")
+    lines += _statefulness_section(results, figs["statefulness"])
+    lines += _inference_section(results, figs["context_scaling"])
+    lines += _scaling_section(results, fits, figs["scaling_law"])
+    lines += _stability_section(results)
+    lines += _smoke_section(results)
+    lines += _failed_section(results)
+    path = out_dir / REPORT_NAME
+    text = "\n".join(lines).rstrip() + "\n"
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return path

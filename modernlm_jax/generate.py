@@ -1,0 +1,160 @@
+"""Jitted sampling with a KV cache (and recurrent state), including StreamingLLM-style attention sinks.
+
+Prompts are left-padded into one batch; padding carries position -1 so it is never written to the
+cache. The prompt is fed in fixed-size chunks (one compiled shape), then tokens are sampled one at a
+time inside a `lax.while_loop` that stops when every row has emitted a stop token.
+
+With `stream_sinks=k`, the cache keeps the first k tokens plus a rolling window of the most recent
+ones, and positions are re-assigned inside the cache, so generation (and scoring) can run far past
+the training length without the attention ever seeing an unseen distance.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from modernlm_jax.model import LanguageModel, ModelConfig, init_cache
+
+
+def sample_logits(logits_BV, rng, temperature: float, top_k: int, top_p: float):
+  """Greedy when temperature == 0; otherwise temperature, then top-k, then nucleus (top-p) filtering."""
+  if temperature <= 0:
+    return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+  logits = logits_BV / temperature
+  if top_k > 0:
+    kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
+    logits = jnp.where(logits < kth, -jnp.inf, logits)
+  if top_p < 1.0:
+    sorted_desc = jnp.sort(logits, axis=-1)[:, ::-1]
+    probs = jax.nn.softmax(sorted_desc, axis=-1)
+    keep = jnp.cumsum(probs, axis=-1) - probs < top_p  # always keeps the most likely token
+    cutoff = jnp.min(jnp.where(keep, sorted_desc, jnp.inf), axis=-1, keepdims=True)
+    logits = jnp.where(logits < cutoff, -jnp.inf, logits)
+  return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "stream_sinks"))
+def _feed(params, cache, tokens_BT, positions_BT, *, cfg: ModelConfig, stream_sinks):
+  logits, cache = LanguageModel(cfg).apply({"params": params}, tokens_BT, positions=positions_BT, cache=cache,
+                                           stream_sinks=stream_sinks)
+  return logits, cache
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "stream_sinks", "max_new_tokens", "temperature", "top_k", "top_p"))
+def _decode_loop(params, cache, last_logits_BV, next_pos_B, stop_ids, rng, *, cfg, stream_sinks, max_new_tokens,
+                 temperature, top_k, top_p):
+  B = last_logits_BV.shape[0]
+  model = LanguageModel(cfg)
+  out = jnp.zeros((B, max_new_tokens), jnp.int32)
+
+  def cond(c):
+    i, _, _, _, done, _, _ = c
+    return (i < max_new_tokens) & ~jnp.all(done)
+
+  def body(c):
+    i, cache, logits, pos, done, out, rng = c
+    rng, sub = jax.random.split(rng)
+    tok = sample_logits(logits, sub, temperature, top_k, top_p)
+    out = out.at[:, i].set(jnp.where(done, -1, tok))
+    done = done | jnp.any(tok[:, None] == stop_ids[None, :], axis=-1)
+    new_logits, cache = model.apply({"params": params}, tok[:, None], positions=pos[:, None], cache=cache,
+                                    stream_sinks=stream_sinks)
+    return i + 1, cache, new_logits[:, -1], pos + 1, done, out, rng
+
+  init = (jnp.int32(0), cache, last_logits_BV, next_pos_B, jnp.zeros((B,), bool), out, rng)
+  n, _, _, _, _, out, _ = jax.lax.while_loop(cond, body, init)
+  return out, n
+
+
+def prefill(params, cfg: ModelConfig, cache, prompts: Sequence[Sequence[int]], *, chunk: int, stream_sinks=None,
+            start_positions: Sequence[int] | None = None):
+  """Feeds left-padded prompts through the cache in `chunk`-token pieces; returns (last logits, cache, next positions)."""
+  B = len(prompts)
+  starts = np.zeros(B, np.int64) if start_positions is None else np.asarray(start_positions)
+  longest = max(1, max(len(p) for p in prompts))
+  padded_len = -(-longest // chunk) * chunk
+  toks = np.zeros((B, padded_len), np.int32)
+  pos = np.full((B, padded_len), -1, np.int32)
+  for b, p in enumerate(prompts):
+    if len(p):
+      toks[b, padded_len - len(p):] = p
+      pos[b, padded_len - len(p):] = starts[b] + np.arange(len(p))
+  last = None
+  for s in range(0, padded_len, chunk):
+    logits, cache = _feed(params, cache, jnp.asarray(toks[:, s:s + chunk]), jnp.asarray(pos[:, s:s + chunk]),
+                          cfg=cfg, stream_sinks=stream_sinks)
+    last = logits[:, -1]
+  next_pos = starts + np.array([len(p) for p in prompts])
+  return last, cache, jnp.asarray(next_pos, jnp.int32)
+
+
+def generate(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
+             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, stop_ids: Sequence[int] = (),
+             seed: int = 0, cache_len: int | None = None, stream_sinks: int | None = None,
+             prefill_chunk: int = 64) -> list[list[int]]:
+  """Continuations for each prompt (stop token included when hit, nothing after it)."""
+  if not prompts:
+    return []
+  if any(len(p) == 0 for p in prompts):
+    raise ValueError("every prompt needs at least one token (e.g. start with the tokenizer's EOS id)")
+  longest = max(len(p) for p in prompts)
+  if stream_sinks is None:
+    cache_len = cache_len or min(cfg.max_len, longest + max_new_tokens)
+    if cfg.has_attention and longest + max_new_tokens > cache_len:
+      raise ValueError(f"prompt ({longest}) + max_new_tokens ({max_new_tokens}) exceeds the cache ({cache_len}); "
+                       "shorten the prompt, lower max_new_tokens, or use stream_sinks=4 (attention sinks) to stream")
+  else:
+    cache_len = cache_len or cfg.max_len
+    prefill_chunk = min(prefill_chunk, cache_len - stream_sinks)
+  cache = init_cache(cfg, len(prompts), cache_len)
+  last, cache, next_pos = prefill(params, cfg, cache, prompts, chunk=prefill_chunk, stream_sinks=stream_sinks)
+  stop = jnp.asarray(list(stop_ids) or [-2], jnp.int32)
+  out, _ = _decode_loop(params, cache, last, next_pos, stop, jax.random.key(seed), cfg=cfg, stream_sinks=stream_sinks,
+                        max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=int(top_k),
+                        top_p=float(top_p))
+  result = []
+  for row in np.asarray(out):
+    row = row[row >= 0].tolist()
+    result.append(row)
+  return result
+
+
+def greedy_generate_fn(params, cfg: ModelConfig, cache_len: int | None = None):
+  """The `generate_fn(prompts, max_new_tokens, stop_ids)` callable that evaluation tasks expect."""
+
+  def fn(prompts, max_new_tokens, stop_ids):
+    budget = cfg.max_len - max_new_tokens
+    prompts = [p[-budget:] for p in prompts]  # left-truncate to fit the context
+    return generate(params, cfg, prompts, max_new_tokens=max_new_tokens, stop_ids=stop_ids, cache_len=cache_len)
+
+  return fn
+
+
+def streaming_nll(params, cfg: ModelConfig, tokens: Sequence[int], *, cache_len: int, stream_sinks: int | None,
+                  chunk: int = 16) -> np.ndarray:
+  """Per-token negative log-likelihood when a long text is fed through a bounded cache.
+
+  With `stream_sinks=None` the cache is a plain sliding window (no sinks: the first tokens fall out),
+  which is the baseline StreamingLLM compares against.
+  """
+  toks = np.asarray(tokens, np.int32)
+  cache = init_cache(cfg, 1, cache_len)
+  sinks = stream_sinks if stream_sinks is not None else 0
+  chunk = min(chunk, cache_len - sinks)
+  nll = []
+  for s in range(0, len(toks) - 1, chunk):
+    piece = toks[s:s + chunk]
+    n = len(piece)
+    t = np.zeros((1, chunk), np.int32)
+    p = np.full((1, chunk), -1, np.int32)
+    t[0, :n], p[0, :n] = piece, np.arange(s, s + n)
+    logits, cache = _feed(params, cache, jnp.asarray(t), jnp.asarray(p), cfg=cfg, stream_sinks=sinks)
+    logp = jax.nn.log_softmax(logits[0, :n], axis=-1)
+    targets = toks[s + 1:s + n + 1]
+    nll.extend((-np.asarray(logp)[np.arange(len(targets)), targets]).tolist())
+  return np.asarray(nll)

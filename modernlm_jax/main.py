@@ -1,0 +1,75 @@
+"""Entry point: `python -m modernlm_jax.main --config=configs/<task>.py[:preset] --workdir=DIR [--config.a.b=v]`.
+
+The task comes from `config.task`; the config is locked, so a mistyped key is an error that lists
+the valid ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Task config file (configs/*.py), optionally with :preset.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, reports. Default: runs/<preset>.")
+
+TASKS = ("pretrain", "sft", "dpo", "eval", "compare", "bench")
+
+
+def maybe_initialize_distributed() -> None:
+  """Multi-host runs: TPU pods and SLURM are detected by JAX; plain GPU hosts pass JAX_* variables."""
+  import jax
+
+  if os.environ.get("JAX_COORDINATOR_ADDRESS") and int(os.environ.get("JAX_NUM_PROCESSES", "1")) > 1:
+    jax.distributed.initialize(coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+                               num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+                               process_id=int(os.environ["JAX_PROCESS_ID"]))
+  elif os.environ.get("SLURM_NTASKS", "1") != "1" or _on_cloud_tpu_vm():
+    jax.distributed.initialize()  # JAX discovers the peers (SLURM variables / TPU metadata server)
+
+
+def _on_cloud_tpu_vm() -> bool:
+  """Cloud TPU VMs expose accelerator device files; initializing on a single-host VM is harmless."""
+  import glob
+
+  return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
+
+
+def run_task(config, workdir: str):
+  task = config.task
+  if task == "pretrain":
+    from modernlm_jax.tasks import pretrain
+    return pretrain.run(config, workdir)
+  if task in ("sft", "dpo"):
+    from modernlm_jax.tasks import posttrain
+    return posttrain.run(config, workdir)
+  if task == "eval":
+    from modernlm_jax.tasks import evaluate
+    return evaluate.run(config, workdir)
+  if task == "compare":
+    from modernlm_jax.tasks import compare
+    return compare.run(config, workdir)
+  if task == "bench":
+    from modernlm_jax.tasks import bench
+    return bench.run(config, workdir)
+  raise ValueError(f"config.task={task!r} is not valid; choose one of {list(TASKS)}")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go in --config.<key>=<value>")
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout)
+  logging.getLogger("absl").setLevel(logging.WARNING)
+  config = _CONFIG.value
+  workdir = _WORKDIR.value or os.path.join("runs", f"{config.task}-{config.get('preset', 'run')}")
+  maybe_initialize_distributed()
+  run_task(config, workdir)
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("config")
+  app.run(main)

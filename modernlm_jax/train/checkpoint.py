@@ -1,0 +1,120 @@
+"""Orbax checkpoints: train state, data-iterator position, and the run's identity (config, tokenizer).
+
+Saves are asynchronous and atomic (orbax writes into a temporary directory and renames it when the
+save is committed), so a run killed mid-save never leaves a checkpoint that looks complete. Restore
+walks back from the newest step when one is unreadable, and refuses to start fresh when checkpoints
+exist but none can be read: existing work is never silently overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from modernlm_jax.train.step import TrainState
+
+
+class CheckpointError(RuntimeError):
+  pass
+
+
+def _state_tree(state: TrainState) -> dict:
+  tree = {"step": state.step, "params": state.params, "opt_state": state.opt_state, "rng": state.rng,
+          "skipped": state.skipped}
+  if state.ref_params is not None:
+    tree["ref_params"] = state.ref_params
+  return tree
+
+
+def _from_tree(tree: dict, template: TrainState) -> TrainState:
+  return template.replace(step=tree["step"], params=tree["params"], opt_state=tree["opt_state"], rng=tree["rng"],
+                          skipped=tree["skipped"], ref_params=tree.get("ref_params"))
+
+
+class Checkpointer:
+
+  def __init__(self, directory: str | Path, *, keep: int = 3, async_save: bool = True):
+    self.directory = Path(directory).absolute()
+    self.manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=True),
+        item_names=("state", "data", "meta"))
+
+  def steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state: TrainState, data_state: dict, meta: dict, *, force: bool = False) -> None:
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(_state_tree(state)),
+        data=ocp.args.JsonSave(data_state or {}),
+        meta=ocp.args.JsonSave(meta)), force=force)
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def read_meta(self, step: int | None = None) -> dict | None:
+    step = self.latest_step() if step is None else step
+    if step is None:
+      return None
+    return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+  def restore(self, abstract_state: TrainState, step: int | None = None) -> tuple[TrainState, dict, dict, int]:
+    """Restores (state, data_state, meta, step) from `step` or the newest readable checkpoint.
+
+    `abstract_state` holds jax.ShapeDtypeStruct leaves with shardings: arrays are read straight into
+    their sharded layout.
+    """
+    candidates = [step] if step is not None else list(reversed(self.steps()))
+    errors = []
+    for s in candidates:
+      try:
+        restored = self.manager.restore(s, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(_state_tree(abstract_state)),
+            data=ocp.args.JsonRestore(),
+            meta=ocp.args.JsonRestore()))
+        return _from_tree(restored["state"], abstract_state), dict(restored["data"] or {}), restored["meta"], s
+      except Exception as e:  # noqa: BLE001 - any unreadable checkpoint falls back to the previous one
+        logging.warning("checkpoint at step %s in %s is unreadable (%s: %s); trying an older one",
+                        s, self.directory, type(e).__name__, str(e)[:300])
+        errors.append(f"step {s}: {type(e).__name__}: {str(e)[:200]}")
+    raise CheckpointError(
+        f"no readable checkpoint in {self.directory} (tried {candidates}):\n  " + "\n  ".join(errors) +
+        "\nRefusing to start from scratch over existing work: move the directory aside or pass a new --workdir.")
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def abstract_with_shardings(abstract_state: TrainState, shardings: TrainState) -> TrainState:
+  return jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state,
+                                shardings)
+
+
+def run_identity(config) -> dict[str, Any]:
+  """What must match for a checkpoint to be resumable with this config."""
+  return {"model": json.loads(json.dumps(config.model.to_dict())), "tokenizer_kind": config.tokenizer.kind}
+
+
+def check_identity(stored: dict, current: dict, tokenizer_identity: str | None, workdir: str) -> None:
+  if not stored:
+    return
+  if stored.get("model") != current["model"]:
+    diff = {k: (stored.get("model", {}).get(k), v) for k, v in current["model"].items()
+            if stored.get("model", {}).get(k) != v}
+    raise CheckpointError(
+        f"{workdir} holds a checkpoint of a different model (stored vs requested: {diff}). Nothing was overwritten; "
+        "use a new --workdir, or the stored model settings to resume.")
+  stored_tok = stored.get("tokenizer_identity")
+  if tokenizer_identity and stored_tok and stored_tok != tokenizer_identity:
+    raise CheckpointError(
+        f"{workdir} holds a checkpoint trained with tokenizer {stored_tok!r}, but this run uses {tokenizer_identity!r}. "
+        "Nothing was overwritten; use a new --workdir or the original tokenizer.")

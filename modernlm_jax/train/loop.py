@@ -1,0 +1,193 @@
+"""The one training loop pretraining, SFT and DPO share: restore, step, log, evaluate, checkpoint.
+
+Stages differ only by `config.objective` and the batches `data_factory` produces. The host never
+waits on the device inside the loop: step s's metrics are read after step s+1 was dispatched, and
+batches are prepared and placed on device by a background thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from modernlm_jax.model import ModelConfig
+from modernlm_jax.train import checkpoint as ckpt_lib
+from modernlm_jax.train import mesh as mesh_lib
+from modernlm_jax.train.flops import device_peak_flops, flops_per_token
+from modernlm_jax.train.metrics import MetricWriter, ProgressLine
+from modernlm_jax.train.objectives import make_objective
+from modernlm_jax.train.optim import learning_rate_schedule, make_optimizer
+from modernlm_jax.tasks.common import process_rows
+from modernlm_jax.train.prefetch import DevicePrefetcher, to_global
+from modernlm_jax.train.step import TrainState, create_state, jit_train_step, make_eval_step, make_train_step, \
+    state_shardings
+
+
+class NonFiniteLossError(RuntimeError):
+  pass
+
+
+@dataclasses.dataclass
+class StageData:
+  """What a stage feeds the loop: a checkpointable train iterator, fixed eval batches, the tokenizer."""
+
+  train_iter: Any  # __next__ -> host batch dict; get_state()/set_state()
+  eval_batches: list[dict]
+  tokenizer: Any
+
+
+def _host_metrics(m: dict) -> dict[str, float]:
+  return {k: float(v) for k, v in jax.device_get(m).items()}
+
+
+def evaluate(eval_step, params, batches, ref_params=None) -> dict[str, float]:
+  totals: dict[str, float] = {}
+  weight = 0.0
+  for b in batches:
+    sums, w = eval_step(params, b, ref_params)
+    sums, w = jax.device_get((sums, w))
+    for k, v in sums.items():
+      totals[k] = totals.get(k, 0.0) + float(v)
+    weight += float(w)
+  out = {f"val_{k}": v / max(weight, 1.0) for k, v in totals.items()}
+  if "val_loss" in out:
+    out["val_ppl"] = math.exp(min(out["val_loss"], 50.0))
+  return out
+
+
+def _init_or_restore(config, model_cfg, optimizer, mesh, ckpt, stage: StageData, init_params_fn):
+  with_ref = config.objective == "dpo"
+  abstract = jax.eval_shape(lambda: create_state(model_cfg, optimizer, config.seed, with_reference=with_ref))
+  shardings = state_shardings(abstract, model_cfg, mesh)
+  if ckpt.latest_step() is not None:
+    state, data_state, meta, step = ckpt.restore(ckpt_lib.abstract_with_shardings(abstract, shardings))
+    if data_state:
+      stage.train_iter.set_state(data_state)
+    logging.info("resumed from checkpoint step %d in %s", step, ckpt.directory)
+    return state, shardings, step
+  state = jax.jit(lambda: create_state(model_cfg, optimizer, config.seed, with_reference=with_ref),
+                  out_shardings=shardings)()
+  if init_params_fn is not None:
+    params = init_params_fn(abstract.params, shardings.params)
+    state = state.replace(params=params, opt_state=jax.jit(optimizer.init, out_shardings=shardings.opt_state)(params),
+                          ref_params=params if with_ref else None)
+  return state, shardings, 0
+
+
+def train(config, workdir: str | Path, stage: StageData, *, init_params_fn: Callable | None = None,
+          on_step: Callable | None = None, stop_at: int | None = None) -> dict[str, Any]:
+  """Runs (or resumes) a stage to `config.train.steps`; returns the final metrics.
+
+  `stop_at` ends this invocation early at that step with a checkpoint (a time-sliced or preemptible
+  job); the schedule still follows `config.train.steps`, so the next invocation continues exactly.
+  """
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  t_cfg = config.train
+  model_cfg = ModelConfig.from_dict(config.model)
+  mesh = mesh_lib.make_mesh(config.mesh)
+  B, accum = int(t_cfg.batch_size), int(t_cfg.accum_steps)
+  if accum < 1 or B % accum:
+    raise ValueError(f"train.batch_size={B} must be divisible by train.accum_steps={accum}")
+  mesh_lib.check_batch_divisible(B // accum, mesh)
+
+  ckpt = ckpt_lib.Checkpointer(workdir / "checkpoints", keep=int(t_cfg.keep_checkpoints),
+                               async_save=bool(t_cfg.async_checkpoint))
+  identity = ckpt_lib.run_identity(config)
+  if ckpt.latest_step() is not None:
+    ckpt_lib.check_identity(ckpt.read_meta() or {}, identity, stage.tokenizer.identity, str(workdir))
+  objective = make_objective(config)
+  optimizer = make_optimizer(t_cfg, jax.eval_shape(lambda: create_state(
+      model_cfg, _NoOpt(), config.seed).params))
+  schedule = learning_rate_schedule(t_cfg)
+  state, shardings, start = _init_or_restore(config, model_cfg, optimizer, mesh, ckpt, stage, init_params_fn)
+
+  step_fn = jit_train_step(make_train_step(objective, optimizer, schedule, accum_steps=accum), shardings, mesh, accum)
+  eval_step = make_eval_step(objective, mesh)
+  eval_batches = [to_global(process_rows(b), mesh, 1) for b in stage.eval_batches]
+  meta = {**identity, "tokenizer_identity": stage.tokenizer.identity, "config": json.loads(config.to_json_best_effort())}
+  is_main = jax.process_index() == 0
+  writer = MetricWriter(workdir, tensorboard=bool(t_cfg.tensorboard) and is_main, enabled=is_main)
+  seq_len = int(config.data.seq_len)
+  tokens_per_step = B * seq_len
+  fpt = flops_per_token(model_cfg, seq_len)
+  peak = device_peak_flops()
+  total_steps = int(t_cfg.steps)
+  progress = ProgressLine(total_steps, start)
+  prefetch = DevicePrefetcher(stage.train_iter, mesh, accum_steps=accum, size=2)
+  final: dict[str, Any] = {}
+  last_good_ckpt = ckpt.latest_step()
+  pending = None  # (step, device metrics, data state after that batch)
+  t_last = time.perf_counter()
+
+  def process(step, dev_metrics, data_state):
+    nonlocal t_last
+    m = _host_metrics(dev_metrics)
+    now = time.perf_counter()
+    dt, t_last = now - t_last, now
+    if not m.pop("finite") and not t_cfg.skip_nonfinite:
+      raise NonFiniteLossError(
+          f"non-finite loss or gradient norm at step {step} (loss={m.get('objective_loss')}, grad_norm="
+          f"{m.get('grad_norm')}); data position {json.dumps(data_state)[:300]}. The update was not applied; last good "
+          f"checkpoint: step {last_good_ckpt} in {ckpt.directory}. Lower train.lr, raise train.warmup_steps, or set "
+          "train.skip_nonfinite=True to skip such batches.")
+    m.update(step=step + 1, step_time_s=dt, tokens_per_s=tokens_per_step / max(dt, 1e-9),
+             tokens_seen=(step + 1) * tokens_per_step)
+    if peak:
+      m["mfu"] = fpt * m["tokens_per_s"] / peak
+    if (step + 1) % int(t_cfg.log_every) == 0 or step == start:
+      writer.write(m)
+      progress.show(m)
+    if on_step:
+      on_step(m)
+    final.update(m)
+    return m
+
+  try:
+    end = min(total_steps, stop_at) if stop_at else total_steps
+    for step in range(start, end):
+      batch, data_state = next(prefetch)
+      state, dev_metrics = step_fn(state, batch)
+      if pending is not None:
+        process(*pending)
+      pending = (step, dev_metrics, data_state)
+      done = step + 1 == end
+      evaluate_now = (step + 1) % int(t_cfg.eval_every) == 0 or done
+      save_now = (step + 1) % int(t_cfg.checkpoint_every) == 0 or done
+      if evaluate_now or save_now:
+        process(*pending)  # syncs on this step: never evaluate or save a non-finite state unnoticed
+        pending = None
+      if evaluate_now:
+        ev = evaluate(eval_step, state.params, eval_batches, state.ref_params)
+        ev["step"] = step + 1
+        writer.write(ev)
+        progress.show({**final, **ev})
+        final.update(ev)
+      if save_now:
+        ckpt.save(step + 1, state, data_state, {**meta, "step": step + 1}, force=done)
+        last_good_ckpt = step + 1
+    if pending is not None:
+      process(*pending)
+  finally:
+    prefetch.close()
+    ckpt.close()
+    writer.close()
+  final["skipped_steps"] = int(jax.device_get(state.skipped))
+  final["params"] = state.params
+  return final
+
+
+class _NoOpt:
+  """Stand-in optimizer used only to trace parameter shapes (the real one needs them for its mask)."""
+
+  def init(self, params):
+    return ()

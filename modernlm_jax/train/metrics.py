@@ -1,0 +1,74 @@
+"""Metric sinks: a JSONL file (what reports are regenerated from), TensorBoard, and a progress line."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+
+class MetricWriter:
+
+  def __init__(self, workdir: Path, *, tensorboard: bool, enabled: bool = True):
+    self.enabled = enabled
+    self.path = Path(workdir) / "metrics.jsonl"
+    self._file = open(self.path, "a") if enabled else None
+    self._tb = None
+    if enabled and tensorboard:
+      from tensorboardX import SummaryWriter
+
+      self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+
+  def write(self, metrics: dict) -> None:
+    if not self.enabled:
+      return
+    row = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))}
+    self._file.write(json.dumps(row) + "\n")
+    self._file.flush()
+    if self._tb is not None and "step" in row:
+      for k, v in row.items():
+        if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+          self._tb.add_scalar(k, v, row["step"])
+
+  def close(self) -> None:
+    if self._file:
+      self._file.close()
+    if self._tb is not None:
+      self._tb.close()
+
+
+def read_metrics(workdir: str | Path) -> list[dict]:
+  path = Path(workdir) / "metrics.jsonl"
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def _fmt_duration(s: float) -> str:
+  s = int(max(s, 0))
+  return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+class ProgressLine:
+  """`step 120/1000 | loss 3.214 | val 3.402 | 52.1k tok/s | mfu 41.2% | eta 2m10s`."""
+
+  def __init__(self, total_steps: int, start_step: int):
+    self.total, self.start = total_steps, start_step
+    self.t0 = self.first = None  # the ETA clock starts after the first (compiling) step
+
+  def show(self, m: dict) -> None:
+    step = int(m.get("step", 0))
+    parts = [f"step {step}/{self.total}"]
+    if "loss" in m:
+      parts.append(f"loss {m['loss']:.4f}")
+    for key, label in (("val_loss", "val"), ("val_reward_accuracy", "val acc"), ("grad_norm", "gnorm")):
+      if key in m:
+        parts.append(f"{label} {m[key]:.3f}")
+    if "tokens_per_s" in m:
+      parts.append(f"{m['tokens_per_s'] / 1e3:.1f}k tok/s")
+    if "mfu" in m:
+      parts.append(f"mfu {m['mfu']:.1%}")
+    if self.t0 is None:
+      self.t0, self.first = time.perf_counter(), step
+    elif step > self.first:
+      eta = (time.perf_counter() - self.t0) / (step - self.first) * (self.total - step)
+      parts.append(f"eta {_fmt_duration(eta)}")
+    print(" | ".join(parts), flush=True)

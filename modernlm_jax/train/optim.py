@@ -1,0 +1,46 @@
+"""Optimizer: AdamW (β=(0.9, 0.95), decoupled weight decay 0.1) with warmup + cosine decay and clipping.
+
+Weight decay spares norms and biases (and embeddings when `train.decay_embeddings=False`): decaying a
+norm's scale towards zero or an embedding row that is rarely seen only hurts.
+"""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+
+def learning_rate_schedule(train_cfg) -> optax.Schedule:
+  warmup = int(train_cfg.warmup_steps)
+  total = max(int(train_cfg.steps), warmup + 1)
+  peak, final = float(train_cfg.lr), float(train_cfg.lr) * float(train_cfg.min_lr_ratio)
+  if train_cfg.schedule == "constant":
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak)], [warmup])
+  if train_cfg.schedule != "cosine":
+    raise ValueError(f"train.schedule={train_cfg.schedule!r} is not valid; choose one of ['cosine', 'constant']")
+  return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, total, end_value=final)
+
+
+def decay_mask(params, decay_embeddings: bool):
+  """True for parameters that get weight decay: matrices, minus embeddings unless asked."""
+
+  def wants_decay(path, leaf):
+    names = [getattr(k, "key", str(k)) for k in path]
+    if leaf.ndim < 2:  # norms, biases, sink logits
+      return False
+    if names[0] in ("embed", "pos_embed") or names[-1] == "pos_embed":
+      return bool(decay_embeddings)
+    return True
+
+  return jax.tree_util.tree_map_with_path(wants_decay, params)
+
+
+def make_optimizer(train_cfg, params) -> optax.GradientTransformation:
+  schedule = learning_rate_schedule(train_cfg)
+  chain = []
+  if float(train_cfg.grad_clip) > 0:
+    chain.append(optax.clip_by_global_norm(float(train_cfg.grad_clip)))
+  chain.append(optax.adamw(schedule, b1=float(train_cfg.b1), b2=float(train_cfg.b2), eps=float(train_cfg.eps),
+                           weight_decay=float(train_cfg.weight_decay),
+                           mask=decay_mask(params, bool(train_cfg.decay_embeddings))))
+  return optax.chain(*chain)
