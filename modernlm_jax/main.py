@@ -18,6 +18,22 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Task config file (con
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, reports. Default: runs/<preset>.")
 
 TASKS = ("pretrain", "sft", "dpo", "eval", "compare", "bench")
+_YNN_WORKAROUND = "--xla_cpu_experimental_ynn_fusion_type="
+
+
+def apply_cpu_workarounds() -> None:
+  """jaxlib 0.10's XLA:CPU YNNPACK fusion segfaults compiling the RWKV chunked gradient at strong
+  decays; disabling that fusion avoids it. Only for 0.10.x, where the flag is known (an unknown flag
+  in XLA_FLAGS aborts the process), and before JAX initialises its backends."""
+  from importlib import metadata
+
+  try:
+    version = metadata.version("jaxlib")
+  except metadata.PackageNotFoundError:
+    return
+  flags_now = os.environ.get("XLA_FLAGS", "")
+  if version.startswith("0.10.") and "ynn_fusion_type" not in flags_now:
+    os.environ["XLA_FLAGS"] = f"{flags_now} {_YNN_WORKAROUND}".strip()
 
 
 def maybe_initialize_distributed() -> None:
@@ -71,5 +87,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  apply_cpu_workarounds()
   flags.mark_flag_as_required("config")
   app.run(main)

@@ -19,9 +19,17 @@ VARIANTS = {
 }
 
 
+class JittedModel:
+  """model.apply under jit (eager op-by-op dispatch is what makes model tests slow on CPU)."""
+
+  def __init__(self, cfg):
+    self.module = LanguageModel(cfg)
+    self.apply = jax.jit(self.module.apply, static_argnames=("stream_sinks", "return_hidden"))
+
+
 def make(variant="modern", **overrides):
   cfg = ModelConfig(**{**TINY, **VARIANTS[variant], **overrides})
-  return cfg, LanguageModel(cfg), init_params(cfg, jax.random.key(0))
+  return cfg, JittedModel(cfg), init_params(cfg, jax.random.key(0))
 
 
 def tokens(b=2, t=12, seed=1, vocab=61):
@@ -218,7 +226,7 @@ class JitTest(chex.TestCase):
   def test_forward(self):
     cfg, model, params = make("rope+alibi+gate")
     x = tokens()
-    out = self.variant(lambda p, t: model.apply({"params": p}, t))(params, x)
+    out = self.variant(lambda p, t: model.module.apply({"params": p}, t))(params, x)
     ref = model.apply({"params": params}, x)
     chex.assert_trees_all_close(out, ref, atol=1e-5)
 
@@ -254,8 +262,9 @@ def test_return_hidden_and_logits_from_hidden():
 def test_remat_does_not_change_outputs():
   _, model, params = make("modern")
   _, model_r, _ = make("modern", remat="full")
-  loss = lambda m: lambda p: jnp.mean(m.apply({"params": p}, tokens()) ** 2)
-  chex.assert_trees_all_close(jax.grad(loss(model_r))(params), jax.grad(loss(model))(params), atol=1e-6)
+  loss = lambda m: lambda p: jnp.mean(m.module.apply({"params": p}, tokens()) ** 2)
+  chex.assert_trees_all_close(jax.jit(jax.grad(loss(model_r)))(params), jax.jit(jax.grad(loss(model)))(params),
+                              atol=1e-6)
 
 
 # ---- presets and the scale table -----------------------------------------------------------------
@@ -276,7 +285,7 @@ def test_scale_table_matched_within_two_percent():
 def test_small_presets_run_forward_on_cpu(name):
   cfg = scales.preset(name)
   params = init_params(cfg, jax.random.key(0))
-  logits = LanguageModel(cfg).apply({"params": params}, jnp.zeros((1, 16), jnp.int32))
+  logits = jax.jit(LanguageModel(cfg).apply)({"params": params}, jnp.zeros((1, 16), jnp.int32))
   chex.assert_shape(logits, (1, 16, cfg.vocab_size))
   chex.assert_tree_all_finite(logits)
 

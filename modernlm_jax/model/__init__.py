@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -14,9 +16,14 @@ def _boxed_init(cfg: ModelConfig, rng):
   return LanguageModel(cfg).init(rng, jnp.zeros((1, 8), jnp.int32))["params"]
 
 
-def init_params(cfg: ModelConfig, rng) -> dict:
-  """Float32 parameters as plain arrays (logical-axis annotations removed)."""
+@functools.partial(jax.jit, static_argnums=0)
+def _unboxed_init(cfg: ModelConfig, rng):
   return nn.meta.unbox(_boxed_init(cfg, rng))
+
+
+def init_params(cfg: ModelConfig, rng) -> dict:
+  """Float32 parameters as plain arrays (logical-axis annotations removed); compiled, not op-by-op."""
+  return _unboxed_init(cfg, rng)
 
 
 def param_logical_axes(cfg: ModelConfig):

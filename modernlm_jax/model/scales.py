@@ -15,6 +15,7 @@ Run `python -m modernlm_jax.model.scales` to print the table from the code.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 from typing import Callable
 
@@ -77,9 +78,12 @@ def register_family(name: str, builder: Callable[[str], ModelConfig]) -> None:
 
 def _ensure_builtin_families() -> None:
   try:  # the recurrent family registers itself when its module exists
-    from modernlm_jax.model import recurrent  # noqa: F401
+    from modernlm_jax.model import recurrent
   except ImportError:
-    pass
+    return
+  # Run as `python -m ...scales`, this module is `__main__`, a different FAMILIES dict than the one
+  # recurrent.py registered into: register here too.
+  FAMILIES.setdefault("hybrid", recurrent.hybrid_config)
 
 
 def preset(name: str) -> ModelConfig:
@@ -102,6 +106,7 @@ def preset_tokenizer(scale: str) -> str:
   return {**_GPT2_SHAPES, **DEV_SCALES}[scale][5]
 
 
+@functools.lru_cache(maxsize=256)
 def count_params(cfg: ModelConfig) -> dict[str, int]:
   """Exact counts from the module's own parameter shapes (jax.eval_shape: nothing is allocated)."""
   from modernlm_jax.model.transformer import LanguageModel  # local: scales is imported by model/__init__

@@ -28,6 +28,8 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     ("norm", None),
     ("max_len", None),
     ("state", None),
+    ("conv", None),
+    ("lora", None),
 )
 
 
