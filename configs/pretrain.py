@@ -11,7 +11,7 @@ def get_config(arg: str | None = None):
   if preset.endswith("-tiny"):
     # Sized to finish in under 3 minutes on 2 CPU cores with a clearly falling validation loss.
     c.data.seq_len = 128
-    c.train.update(dict(steps=300, batch_size=16, lr=3e-3, warmup_steps=30, eval_every=100, eval_batches=4,
+    c.train.update(dict(steps=300, batch_size=16, lr=3e-3, warmup_steps=30, eval_every=100, eval_batches=16,
                         checkpoint_every=100, log_every=25))
   else:
     c.data.seq_len = min(1024, c.model.max_len)
