@@ -163,6 +163,11 @@ def holdout_split(texts: Sequence[str], split: str, what: str) -> list[str]:
     """Deterministic ~1% validation holdout by content hash, at least one document."""
     if split == "all":
         return list(texts)
+    if not texts:
+        raise ValueError(
+            f"{what} has no documents (empty or whitespace-only?); check the files or point "
+            "data.source at a non-empty corpus"
+        )
     if len(texts) < 2:
         raise ValueError(
             f"{what} has {len(texts)} document(s): too few to hold out a validation document; "
@@ -238,6 +243,16 @@ def _read_text_files(spec: SourceSpec, skip_bad_rows: bool) -> LoadedDocuments:
     return LoadedDocuments(texts)
 
 
+def _unicode_problem(text: str, field: str) -> str | None:
+    """JSON may escape a lone UTF-16 surrogate ("\\ud800"): valid JSON, but not text any tokenizer can encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return (f"field {field!r} holds an unpaired surrogate escape ({text[err.start]!r} at character "
+                f"{err.start}), which is not valid Unicode")
+    return None
+
+
 def _read_jsonl_files(spec: SourceSpec, field: str, skip_bad_rows: bool) -> LoadedDocuments:
     texts: list[str] = []
     skipped = 0
@@ -258,6 +273,8 @@ def _read_jsonl_files(spec: SourceSpec, field: str, skip_bad_rows: bool) -> Load
                         problem = f"no field {field!r} (fields: {sorted(row)[:8]}); set data.jsonl_field"
                     elif not isinstance(row[field], str):
                         problem = f"field {field!r} is {type(row[field]).__name__}, not a string"
+                    else:
+                        problem = _unicode_problem(row[field], field)
                 if problem is not None:
                     if not skip_bad_rows:
                         raise ValueError(

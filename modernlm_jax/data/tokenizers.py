@@ -13,7 +13,8 @@ Kinds (``tok_cfg.kind``):
   * ``"sentencepiece"``: loads ``tok_cfg.path`` (a ``.model`` file) or, when the path is empty,
     trains one (``vocab_size``, ``model_type`` bpe|unigram, ``byte_fallback``) into
     ``<workdir>/tokenizer/`` and reloads it from there on resume. Training is lossless (identity
-    normalisation, whitespace kept, newline is a piece) and deterministic.
+    normalisation, whitespace kept, newline is a piece) and deterministic; the one exception is
+    U+2581 "▁", SentencePiece's own word-boundary symbol, which a text cannot carry (it decodes as a space).
   * ``"bytes"``: UTF-8 bytes 0..255 plus EOS=256; for tests and tiny runs.
 """
 
@@ -297,7 +298,7 @@ def train_sentencepiece(
             eos_id=1,
             bos_id=-1,
             pad_id=-1,
-            # Lossless: keep text as is, so decode(encode(x)) == x and bits/byte are exact.
+            # Lossless: keep text as is, so decode(encode(x)) == x (x without U+2581) and bits/byte are exact.
             normalization_rule_name="identity",
             remove_extra_whitespaces=False,
             user_defined_symbols=["\n"],

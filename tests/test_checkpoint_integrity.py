@@ -1,0 +1,181 @@
+"""Damaged checkpoints: refused with the reason, the previous good one is used, existing work never overwritten.
+
+One real run (text corpus, byte tokenizer, checkpoints at steps 2, 4, 6, 8) is trained once; every
+test damages a copy of it. A checkpoint that cannot be read is moved to `checkpoints_unreadable/`
+(kept for inspection) so the resumed run can write that step again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import jax
+import orbax.checkpoint as ocp
+import pytest
+from kill_worker import worker_config, write_corpus
+
+from modernlm_jax.model import ModelConfig
+from modernlm_jax.tasks.pretrain import pretrain_stage
+from modernlm_jax.train import checkpoint as ckpt_lib
+from modernlm_jax.train import mesh as mesh_lib
+from modernlm_jax.train.loop import _NoOpt, train
+from modernlm_jax.train.optim import make_optimizer
+from modernlm_jax.train.step import create_state, state_shardings
+
+STEPS = 8
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """(config, pristine workdir, losses by step) of one uninterrupted 8-step run."""
+  root = tmp_path_factory.mktemp("integrity")
+  corpus = write_corpus(root / "corpus.txt")
+  config = worker_config(str(corpus), str(root / "token_cache"), STEPS)
+  workdir = root / "run"
+  losses = {}
+  train(config, workdir, pretrain_stage(config, workdir), on_step=lambda m: losses.update({m["step"]: m["loss"]}))
+  assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [2, 4, 6, 8]
+  return config, workdir, losses
+
+
+def copy_run(trained, tmp_path) -> Path:
+  workdir = tmp_path / "run"
+  shutil.copytree(trained[1], workdir)
+  return workdir
+
+
+def largest_array_file(step_dir: Path) -> Path:
+  return max((p for p in (step_dir / "state").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+def truncate_array_file(step_dir: Path) -> None:
+  path = largest_array_file(step_dir)
+  os.truncate(path, path.stat().st_size // 2)
+
+
+def empty_array_file(step_dir: Path) -> None:
+  os.truncate(largest_array_file(step_dir), 0)
+
+
+def garbage_data_state(step_dir: Path) -> None:
+  (step_dir / "data" / "metadata").write_text('{"version": 1, "step": ')
+
+
+def empty_step_directory(step_dir: Path) -> None:
+  for child in step_dir.iterdir():
+    shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+
+def missing_item(name: str):
+  def damage(step_dir: Path) -> None:
+    shutil.rmtree(step_dir / name)
+  damage.__name__ = f"missing_{name}_item"
+  return damage
+
+
+FAULTS = {  # fault -> a phrase of the reason the refusal must give
+    "truncated_array_file": (truncate_array_file, "error while reading"),
+    "emptied_array_file": (empty_array_file, "error while reading"),
+    "missing_state_item": (missing_item("state"), 'Item "state" was not found'),
+    "missing_meta_item": (missing_item("meta"), 'Item "meta" was not found'),
+    "missing_data_item": (missing_item("data"), 'Item "data" was not found'),
+    "garbage_data_state_json": (garbage_data_state, "JSONDecodeError"),
+    "empty_step_directory": (empty_step_directory, "unreadable"),
+}
+
+
+def tree_digest(path: Path) -> dict[str, str]:
+  return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+          for p in sorted(path.rglob("*"))}
+
+
+def abstract_state(config):
+  """What the loop passes to Checkpointer.restore: shapes, dtypes and shardings of the train state."""
+  model_cfg = ModelConfig.from_dict(config.model)
+  optimizer = make_optimizer(config.train, jax.eval_shape(lambda: create_state(model_cfg, _NoOpt(), 0).params))
+  abstract = jax.eval_shape(lambda: create_state(model_cfg, optimizer, config.seed))
+  shardings = state_shardings(abstract, model_cfg, mesh_lib.make_mesh(config.mesh))
+  return ckpt_lib.abstract_with_shardings(abstract, shardings)
+
+
+def readable(ckpt_dir: Path, step: int) -> bool:
+  mngr = ocp.CheckpointManager(ckpt_dir, item_names=("state", "data", "meta"),
+                               options=ocp.CheckpointManagerOptions(read_only=True))
+  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                        data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
+  return restored["meta"]["step"] == step
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_damaged_newest_checkpoint_is_refused_with_reason_and_set_aside(fault, trained, tmp_path, caplog):
+  damage, reason = FAULTS[fault]
+  workdir = copy_run(trained, tmp_path)
+  damage(workdir / "checkpoints" / "8")
+  # A leftover of a save that was killed before its commit must be ignored, never loaded.
+  shutil.copytree(workdir / "checkpoints" / "6", workdir / "checkpoints" / "10.orbax-checkpoint-tmp-1700000000")
+  ckpt = ckpt_lib.Checkpointer(workdir / "checkpoints", async_save=False)
+  with caplog.at_level(logging.WARNING):
+    _, data_state, meta, step = ckpt.restore(abstract_state(trained[0]))
+  ckpt.close()
+  assert step == 6 and meta["step"] == 6 and data_state["step"] == 6
+  refusal = " ".join(r.getMessage() for r in caplog.records if "step 8" in r.getMessage())
+  assert "unreadable" in refusal and reason in refusal, refusal
+  assert sorted(p.name for p in (workdir / "checkpoints_unreadable").iterdir()) == ["8"]
+  assert not (workdir / "checkpoints" / "8").exists()
+
+
+def test_resume_falls_back_past_three_damaged_checkpoints_with_identical_losses(trained, tmp_path, caplog):
+  config, _, reference = trained
+  workdir = copy_run(trained, tmp_path)
+  truncate_array_file(workdir / "checkpoints" / "8")
+  missing_item("meta")(workdir / "checkpoints" / "6")  # the run identity check must not crash on it either
+  missing_item("state")(workdir / "checkpoints" / "4")
+  damaged_size = largest_array_file(workdir / "checkpoints" / "8").stat().st_size
+  losses = {}
+  with caplog.at_level(logging.WARNING):
+    train(config, workdir, pretrain_stage(config, workdir), on_step=lambda m: losses.update({m["step"]: m["loss"]}))
+  assert sorted(losses) == [3, 4, 5, 6, 7, 8]  # resumed from step 2, the newest readable checkpoint
+  assert losses == {s: reference[s] for s in losses}  # and its data-iterator position: the same batches
+  messages = "\n".join(r.getMessage() for r in caplog.records)
+  for s in (8, 6, 4):
+    assert f"checkpoint at step {s} in {workdir / 'checkpoints'} is unreadable" in messages
+    assert f"moved unreadable checkpoint step {s} to {workdir / 'checkpoints_unreadable' / str(s)}" in messages
+  aside = workdir / "checkpoints_unreadable"
+  assert sorted(p.name for p in aside.iterdir()) == ["4", "6", "8"]
+  assert largest_array_file(aside / "8").stat().st_size == damaged_size  # kept as it was, for inspection
+  assert all(readable(workdir / "checkpoints", s) for s in (2, 4, 6, 8))  # written again by the resumed run
+
+
+def test_no_readable_checkpoint_stops_and_touches_nothing(trained, tmp_path):
+  config, _, _ = trained
+  workdir = copy_run(trained, tmp_path)
+  for step_dir in (workdir / "checkpoints").iterdir():
+    truncate_array_file(step_dir)
+  before = tree_digest(workdir)
+  with pytest.raises(ckpt_lib.CheckpointError, match=r"(?s)no readable checkpoint.*tried \[8, 6, 4, 2\].*"
+                     r"Refusing to start from scratch over existing work"):
+    train(config, workdir, pretrain_stage(config, workdir))
+  assert tree_digest(workdir) == before  # no fresh start, nothing moved, nothing overwritten
+
+
+@pytest.mark.parametrize("change", ["tokenizer", "data"])
+def test_resume_with_other_tokenizer_or_data_is_refused_and_checkpoints_unchanged(change, trained, tmp_path):
+  config = trained[0].copy_and_resolve_references()
+  workdir = copy_run(trained, tmp_path)
+  if change == "tokenizer":
+    config.tokenizer.update(dict(kind="sentencepiece", vocab_size=280))  # trained into <workdir>/tokenizer
+    expected = r"trained with tokenizer 'bytes-v1', but this run uses 'sentencepiece-280-.*Nothing was overwritten"
+  else:
+    other = write_corpus(tmp_path / "other.txt")
+    other.write_text(other.read_text() + "\n\none more paragraph")
+    config.data.source = f"text:{other}"
+    expected = r"saved data iterator state does not match this data pipeline"
+  before = tree_digest(workdir / "checkpoints")
+  stage = pretrain_stage(config, workdir)
+  with pytest.raises((ckpt_lib.CheckpointError, ValueError), match=expected):
+    train(config, workdir, stage)
+  assert tree_digest(workdir / "checkpoints") == before
