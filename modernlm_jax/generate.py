@@ -21,21 +21,29 @@ import numpy as np
 from modernlm_jax.model import LanguageModel, ModelConfig, init_cache
 
 
-def sample_logits(logits_BV, rng, temperature: float, top_k: int, top_p: float):
-  """Greedy when temperature == 0; otherwise temperature, then top-k, then nucleus (top-p) filtering."""
-  if temperature <= 0:
-    return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
-  logits = logits_BV / temperature
-  if top_k > 0:
-    kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
-    logits = jnp.where(logits < kth, -jnp.inf, logits)
-  if top_p < 1.0:
-    sorted_desc = jnp.sort(logits, axis=-1)[:, ::-1]
-    probs = jax.nn.softmax(sorted_desc, axis=-1)
-    keep = jnp.cumsum(probs, axis=-1) - probs < top_p  # always keeps the most likely token
-    cutoff = jnp.min(jnp.where(keep, sorted_desc, jnp.inf), axis=-1, keepdims=True)
-    logits = jnp.where(logits < cutoff, -jnp.inf, logits)
-  return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+def sample_logits(logits_BV, rng, temperature, top_k, top_p):
+  """Greedy when temperature <= 0; otherwise temperature, then top-k (0 = off), then nucleus (top-p) filtering.
+
+  All three knobs may be traced values, so one compiled decode loop serves every sampling setting.
+  """
+  V = logits_BV.shape[-1]
+  temperature = jnp.asarray(temperature, jnp.float32)
+  top_k = jnp.asarray(top_k, jnp.int32)
+  top_p = jnp.asarray(top_p, jnp.float32)
+  greedy_B = jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+  logits = logits_BV / jnp.maximum(temperature, 1e-6)
+  sorted_desc = jnp.sort(logits, axis=-1)[:, ::-1]
+  k = jnp.where(top_k > 0, jnp.minimum(top_k, V), V)
+  kth_B1 = jax.lax.dynamic_index_in_dim(sorted_desc, k - 1, axis=1, keepdims=True)
+  logits = jnp.where(logits < kth_B1, -jnp.inf, logits)
+  sorted_desc = jnp.where(jnp.arange(V)[None, :] < k, sorted_desc, -jnp.inf)
+  probs = jax.nn.softmax(sorted_desc, axis=-1)
+  keep = jnp.cumsum(probs, axis=-1) - probs < top_p  # always keeps the most likely token
+  cutoff_B1 = jnp.min(jnp.where(keep, sorted_desc, jnp.inf), axis=-1, keepdims=True)
+  cutoff_B1 = jnp.where(top_p < 1.0, cutoff_B1, -jnp.inf)  # top_p = 1 keeps the whole tail despite rounding
+  logits = jnp.where(logits < cutoff_B1, -jnp.inf, logits)
+  sampled_B = jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+  return jnp.where(temperature <= 0, greedy_B, sampled_B)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "stream_sinks"))
@@ -45,9 +53,9 @@ def _feed(params, cache, tokens_BT, positions_BT, *, cfg: ModelConfig, stream_si
   return logits, cache
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "stream_sinks", "max_new_tokens", "temperature", "top_k", "top_p"))
-def _decode_loop(params, cache, last_logits_BV, next_pos_B, stop_ids, rng, *, cfg, stream_sinks, max_new_tokens,
-                 temperature, top_k, top_p):
+@functools.partial(jax.jit, static_argnames=("cfg", "stream_sinks", "max_new_tokens"))
+def _decode_loop(params, cache, last_logits_BV, next_pos_B, stop_ids, rng, temperature, top_k, top_p, *, cfg,
+                 stream_sinks, max_new_tokens):
   B = last_logits_BV.shape[0]
   model = LanguageModel(cfg)
   out = jnp.zeros((B, max_new_tokens), jnp.int32)
@@ -114,9 +122,9 @@ def generate(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *, max_
   cache = init_cache(cfg, len(prompts), cache_len)
   last, cache, next_pos = prefill(params, cfg, cache, prompts, chunk=prefill_chunk, stream_sinks=stream_sinks)
   stop = jnp.asarray(list(stop_ids) or [-2], jnp.int32)
-  out, _ = _decode_loop(params, cache, last, next_pos, stop, jax.random.key(seed), cfg=cfg, stream_sinks=stream_sinks,
-                        max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=int(top_k),
-                        top_p=float(top_p))
+  out, _ = _decode_loop(params, cache, last, next_pos, stop, jax.random.key(seed), jnp.float32(temperature),
+                        jnp.int32(top_k), jnp.float32(top_p), cfg=cfg, stream_sinks=stream_sinks,
+                        max_new_tokens=max_new_tokens)
   result = []
   for row in np.asarray(out):
     row = row[row >= 0].tolist()

@@ -29,7 +29,7 @@ class JittedModel:
 
 def make(variant="modern", **overrides):
   cfg = ModelConfig(**{**TINY, **VARIANTS[variant], **overrides})
-  return cfg, JittedModel(cfg), init_params(cfg, jax.random.key(0))
+  return cfg, JittedModel(cfg), init_params(cfg, 0)
 
 
 def tokens(b=2, t=12, seed=1, vocab=61):
@@ -284,7 +284,7 @@ def test_scale_table_matched_within_two_percent():
 @pytest.mark.parametrize("name", [f"{f}-{s}" for s in ("tiny", "3.5m", "8m", "30m") for f in ("gpt2", "modern")])
 def test_small_presets_run_forward_on_cpu(name):
   cfg = scales.preset(name)
-  params = init_params(cfg, jax.random.key(0))
+  params = init_params(cfg, 0)
   logits = jax.jit(LanguageModel(cfg).apply)({"params": params}, jnp.zeros((1, 16), jnp.int32))
   chex.assert_shape(logits, (1, 16, cfg.vocab_size))
   chex.assert_tree_all_finite(logits)

@@ -22,7 +22,14 @@ def _unboxed_init(cfg: ModelConfig, rng):
 
 
 def init_params(cfg: ModelConfig, rng) -> dict:
-  """Float32 parameters as plain arrays (logical-axis annotations removed); compiled, not op-by-op."""
+  """Float32 parameters as plain arrays (logical-axis annotations removed); compiled, not op-by-op.
+
+  `rng` is an int seed or a key. Seeds use the `rbg` generator: its initialisation compiles ~5x
+  faster than threefry's on CPU (seconds per model in every test and every run start) and it is
+  deterministic for a given backend and JAX version.
+  """
+  if isinstance(rng, int):
+    rng = jax.random.key(rng, impl="rbg")
   return _unboxed_init(cfg, rng)
 
 

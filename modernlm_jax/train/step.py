@@ -30,7 +30,7 @@ class TrainState:
 
 
 def create_state(model_cfg: ModelConfig, optimizer, seed: int, with_reference: bool = False) -> TrainState:
-  params = init_params(model_cfg, jax.random.key(seed))
+  params = init_params(model_cfg, int(seed))
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
                     rng=jax.random.key_data(jax.random.key(seed + 1)), skipped=jnp.zeros((), jnp.int32),
                     ref_params=params if with_reference else None)
