@@ -5,8 +5,9 @@ output, per head or per element, "Gated Attention for LLMs"), attention sinks (a
 logit that competes in the softmax and absorbs probability mass), QK-norm, biases on/off.
 
 Kernels: `reference` (einsum, always available, what tests compare against), `xla`
-(`jax.nn.dot_product_attention(implementation="xla")`) and `cudnn` (flash attention on NVIDIA GPUs).
-`auto` picks the fastest kernel that supports the options and logs why it fell back when it must.
+(`jax.nn.dot_product_attention(implementation="xla")`), `cudnn` (flash attention on NVIDIA GPUs) and
+`splash` (Pallas block-sparse flash attention on TPU, `tpu_attention.py`). `auto` picks the fastest
+kernel that supports the options and logs why it fell back when it must.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from modernlm_jax.model import positions as pos_lib
+from modernlm_jax.model import tpu_attention
 from modernlm_jax.model.config import ModelConfig
 from modernlm_jax.model.layers import RMSNorm, compute_dtype, normal_init, param_with_axes, residual_init
 
@@ -26,8 +28,12 @@ _NEG_INF = -1e30  # finite, so rows with every key masked (padding) give zeros-w
 _logged_choices: set[tuple[str, str]] = set()
 
 
-def select_attention_impl(cfg: ModelConfig, *, backend: str, has_segments: bool, decoding: bool) -> tuple[str, str]:
-  """Returns (kernel, reason). Pure function of the options, so it is unit-testable on CPU."""
+def select_attention_impl(cfg: ModelConfig, *, backend: str, has_segments: bool, decoding: bool,
+                          seq_len: int | None = None) -> tuple[str, str]:
+  """Returns (kernel, reason). Pure function of the options, so it is unit-testable on CPU.
+
+  `seq_len` (the query length) matters only for splash, whose tiles need a multiple of 128.
+  """
   wanted = cfg.attention_impl
   needs_reference = []
   if cfg.attn_sinks:
@@ -36,6 +42,23 @@ def select_attention_impl(cfg: ModelConfig, *, backend: str, has_segments: bool,
     return "reference", "requested"
   if needs_reference:
     return "reference", f"{', '.join(needs_reference)} need the reference kernel"
+  if wanted in ("splash", "auto") and backend == "tpu":
+    splash_blockers = []
+    if "alibi" in cfg.positions:
+      splash_blockers.append("ALiBi bias")
+    if decoding:
+      splash_blockers.append("KV-cache decoding")
+    if not tpu_attention.splash_seq_ok(seq_len):
+      splash_blockers.append(f"sequence length {seq_len} not a multiple of {tpu_attention.SPLASH_BLOCK}")
+    if not splash_blockers:
+      ok, why = tpu_attention.splash_available()
+      if not ok:
+        splash_blockers.append(why)
+    if not splash_blockers:
+      return "splash", "requested" if wanted == "splash" else "auto: TPU with supported options"
+    return "xla", "splash unavailable for " + "; ".join(splash_blockers)
+  if wanted == "splash":
+    return "xla", f"splash needs a TPU (backend is {backend})"
   cudnn_blockers = []
   if backend != "gpu":
     cudnn_blockers.append(f"backend is {backend}")
@@ -131,10 +154,13 @@ class CausalSelfAttention(nn.Module):
     bias_BHTS = pos_lib.alibi_bias(q_pos, k_pos, H) if "alibi" in cfg.positions else None
 
     impl, reason = select_attention_impl(
-        cfg, backend=jax.default_backend(), has_segments=segment_ids_BT is not None, decoding=cache is not None)
+        cfg, backend=jax.default_backend(), has_segments=segment_ids_BT is not None, decoding=cache is not None,
+        seq_len=x_BTD.shape[1])
     _log_choice(impl, reason)
     if impl == "reference":
       out_BTHD = reference_attention(q_BTHD, k_BSHD, v_BSHD, mask_BTS, bias_BHTS, sink_H)
+    elif impl == "splash":
+      out_BTHD = tpu_attention.splash_attention(q_BTHD, k_BSHD, v_BSHD, segment_ids_BT)
     else:
       causal_only = cache is None and segment_ids_BT is None
       out_BTHD = jax.nn.dot_product_attention(

@@ -61,10 +61,16 @@ class Checkpointer:
     self.manager.wait_until_finished()
 
   def read_meta(self, step: int | None = None) -> dict | None:
-    step = self.latest_step() if step is None else step
-    if step is None:
-      return None
-    return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    """The run metadata of `step`, else of the newest checkpoint whose metadata is readable."""
+    if step is not None:
+      return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    for s in reversed(self.steps()):
+      try:
+        return self.manager.restore(s, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+      except Exception as e:  # noqa: BLE001 - restore() reports it and falls back past this step
+        logging.warning("metadata of checkpoint step %s in %s is unreadable (%s: %s)", s, self.directory,
+                        type(e).__name__, str(e)[:300])
+    return None
 
   def restore(self, abstract_state: TrainState, step: int | None = None) -> tuple[TrainState, dict, dict, int]:
     """Restores (state, data_state, meta, step) from `step` or the newest readable checkpoint.
@@ -80,14 +86,38 @@ class Checkpointer:
             state=ocp.args.StandardRestore(_state_tree(abstract_state)),
             data=ocp.args.JsonRestore(),
             meta=ocp.args.JsonRestore()))
-        return _from_tree(restored["state"], abstract_state), dict(restored["data"] or {}), restored["meta"], s
       except Exception as e:  # noqa: BLE001 - any unreadable checkpoint falls back to the previous one
         logging.warning("checkpoint at step %s in %s is unreadable (%s: %s); trying an older one",
                         s, self.directory, type(e).__name__, str(e)[:300])
         errors.append(f"step {s}: {type(e).__name__}: {str(e)[:200]}")
+        continue
+      if errors:
+        self._set_aside(candidates[:candidates.index(s)])
+      return _from_tree(restored["state"], abstract_state), dict(restored["data"] or {}), restored["meta"], s
     raise CheckpointError(
         f"no readable checkpoint in {self.directory} (tried {candidates}):\n  " + "\n  ".join(errors) +
         "\nRefusing to start from scratch over existing work: move the directory aside or pass a new --workdir.")
+
+  def _set_aside(self, steps: list[int]) -> None:
+    """Moves unreadable checkpoints out of the way, kept for inspection.
+
+    Left in place, the resumed run could not save those steps again: orbax skips a save whose step
+    exists (the unreadable one would stay the newest) or, for the final forced save, raises.
+    """
+    aside = self.directory.parent / f"{self.directory.name}_unreadable"
+    if jax.process_index() == 0:
+      aside.mkdir(parents=True, exist_ok=True)
+      for s in steps:
+        target = aside / str(s)
+        n = 1
+        while target.exists():
+          target, n = aside / f"{s}-{n}", n + 1
+        (self.directory / str(s)).rename(target)
+        logging.warning("moved unreadable checkpoint step %s to %s; training continues from an older one", s, target)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices("modernlm_jax:set_aside_unreadable_checkpoints")
+    self.manager.reload()
 
   def close(self) -> None:
     self.manager.wait_until_finished()

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from modernlm_jax.model import ModelConfig
+from modernlm_jax.model.tpu_attention import kernel_mesh_context
 from modernlm_jax.train import checkpoint as ckpt_lib
 from modernlm_jax.train import mesh as mesh_lib
 from modernlm_jax.train.flops import device_peak_flops, flops_per_token
@@ -78,8 +79,11 @@ def _init_or_restore(config, model_cfg, optimizer, mesh, ckpt, stage: StageData,
                   out_shardings=shardings)()
   if init_params_fn is not None:
     params = init_params_fn(abstract.params, shardings.params)
+    # The reference gets its own buffers: the train step donates the state, and one buffer cannot be donated twice.
+    ref = jax.jit(lambda p: jax.tree_util.tree_map(jnp.copy, p), out_shardings=shardings.params)(params) \
+        if with_ref else None
     state = state.replace(params=params, opt_state=jax.jit(optimizer.init, out_shardings=shardings.opt_state)(params),
-                          ref_params=params if with_ref else None)
+                          ref_params=ref)
   return state, shardings, 0
 
 
@@ -121,6 +125,10 @@ def train(config, workdir: str | Path, stage: StageData, *, init_params_fn: Call
   tokens_per_step = B * seq_len
   fpt = flops_per_token(model_cfg, seq_len)
   peak = device_peak_flops()
+  if peak:
+    peak *= mesh.devices.size  # tokens_per_s counts the global batch, so compare with all devices' peak
+  profile_steps = int(t_cfg.get("profile_steps", 0))
+  profile_window = (start + 3, start + 3 + profile_steps) if profile_steps > 0 else None  # after warm-up
   total_steps = int(t_cfg.steps)
   progress = ProgressLine(total_steps, start)
   prefetch = DevicePrefetcher(stage.train_iter, mesh, accum_steps=accum, size=2)
@@ -152,11 +160,24 @@ def train(config, workdir: str | Path, stage: StageData, *, init_params_fn: Call
     final.update(m)
     return m
 
+  mesh_ctx = kernel_mesh_context(mesh)  # TPU: splash attention is traced under the mesh (shard_map)
+  mesh_ctx.__enter__()
+  tracing = False
   try:
     end = min(total_steps, stop_at) if stop_at else total_steps
     for step in range(start, end):
       batch, data_state = next(prefetch)
+      if profile_window and step == profile_window[0] and is_main:
+        jax.profiler.start_trace(str(workdir / "profile"))
+        tracing = True
       state, dev_metrics = step_fn(state, batch)
+      if tracing and step + 1 in (profile_window[1], end):
+        jax.block_until_ready(dev_metrics)  # the trace must cover the device work of its last step
+        jax.profiler.stop_trace()
+        tracing = False
+        from modernlm_jax.tasks import profile as profile_lib
+
+        profile_lib.summarize(workdir / "profile", top=15)
       if pending is not None:
         process(*pending)
       pending = (step, dev_metrics, data_state)
@@ -178,6 +199,9 @@ def train(config, workdir: str | Path, stage: StageData, *, init_params_fn: Call
     if pending is not None:
       process(*pending)
   finally:
+    if tracing:
+      jax.profiler.stop_trace()
+    mesh_ctx.__exit__(None, None, None)
     prefetch.close()
     ckpt.close()
     writer.close()

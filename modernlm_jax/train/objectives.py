@@ -70,14 +70,17 @@ class NextTokenObjective:
   sigreg_weight: float = 0.0
   loss_chunk: int = 0
   name: str = "next_token"
+  # False when the data never isolates documents (every row is one segment): the model then sees a plain
+  # causal mask, which is the same function and lets flash kernels (cuDNN) run instead of masked XLA attention.
+  use_segment_ids: bool = True
 
   def weight(self, batch) -> jax.Array:
     return jnp.sum(batch["loss_mask"].astype(jnp.float32))
 
   def hidden(self, params, batch):
     return LanguageModel(self.model_cfg).apply(
-        {"params": params}, batch["inputs"], positions=batch.get("positions"), segment_ids=batch.get("segment_ids"),
-        return_hidden=True)
+        {"params": params}, batch["inputs"], positions=batch.get("positions"),
+        segment_ids=batch.get("segment_ids") if self.use_segment_ids else None, return_hidden=True)
 
   def loss_sums(self, params, batch, rng, extra=None) -> tuple[jax.Array, dict[str, Any]]:
     h = self.hidden(params, batch)
@@ -106,8 +109,9 @@ def make_objective(config) -> Callable:
   kind = config.get("objective", "next_token")
   t = config.train
   if kind in ("next_token", "sft"):
+    use_segments = kind == "sft" or bool(config.get("data", {}).get("isolate_documents", True))
     return NextTokenObjective(model_cfg, z_loss=float(t.z_loss), sigreg_weight=float(t.sigreg_weight),
-                              loss_chunk=int(t.loss_chunk), name=kind)
+                              loss_chunk=int(t.loss_chunk), name=kind, use_segment_ids=use_segments)
   if kind == "dpo":
     from modernlm_jax.train.dpo import DPOObjective
 
