@@ -1,0 +1,173 @@
+"""Post-training stages (SFT, DPO) on the shared loop, started from an earlier run (`config.init_from`).
+
+The tokenizer is the init_from run's own: its SentencePiece model (trained into
+`<run>/tokenizer/` by pretraining) is reused and copied into this stage's workdir, so the next stage
+finds it there too, and its identity must equal the one stored in the init_from checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import jax
+import orbax.checkpoint as ocp
+
+from modernlm_jax.data import posttrain_pipeline as ptp
+from modernlm_jax.data.formats import alpaca_prompt
+from modernlm_jax.data.tokenizers import SP_MODEL_FILE, SP_SETTINGS_FILE, build_tokenizer, check_vocab_fits
+from modernlm_jax.model import ModelConfig
+from modernlm_jax.train.init_from import InitFromError, make_init_params_fn
+from modernlm_jax.train.loop import StageData, train
+
+STAGES = {"sft": "sft", "dpo": "dpo"}  # task -> objective
+
+
+def _run_dirs(init_from: Path) -> list[Path]:
+  """The directories a run's files may be in: the path itself, or the run above a checkpoint step."""
+  return [init_from, init_from.parent, init_from.parent.parent]
+
+
+def read_init_meta(init_from: str) -> dict:
+  """The init_from checkpoint's metadata (model, tokenizer identity, config); {} for exported params."""
+  p = Path(init_from).expanduser()
+  if (p / "params.msgpack").exists():
+    return {}
+  if (p / "checkpoints").is_dir():
+    directory, step = p / "checkpoints", None
+  elif p.name.isdigit() and p.parent.is_dir():
+    directory, step = p.parent, int(p.name)
+  else:
+    directory, step = p, None
+  mngr = ocp.CheckpointManager(directory.absolute(), item_names=("state", "data", "meta"),
+                               options=ocp.CheckpointManagerOptions(read_only=True))
+  step = mngr.latest_step() if step is None else step
+  if step is None:
+    raise InitFromError(f"init_from={init_from} holds no finished checkpoint; train that stage first")
+  return dict(mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"] or {})
+
+
+def init_from_tokenizer(config, workdir: str | Path, meta: dict, source: str | Path | None = None):
+  """The tokenizer of the run at `source` (default: init_from), copied into `workdir`; a clear error when it
+  cannot be the same as the one `meta` (that run's checkpoint metadata) records."""
+  init_from = Path(source if source is not None else config.init_from).expanduser()
+  stored_cfg = (meta.get("config") or {}).get("tokenizer") or {}
+  kind = str(meta.get("tokenizer_kind") or stored_cfg.get("kind") or config.tokenizer.kind)
+  if kind != config.tokenizer.kind:
+    logging.info("tokenizer.kind %r -> %r (the init_from run's)", config.tokenizer.kind, kind)
+    config.tokenizer.kind = kind
+  if kind == "sentencepiece" and not str(config.tokenizer.path):
+    stored_path = Path(str(stored_cfg.get("path") or ""))
+    candidates = ([stored_path] if str(stored_path) not in ("", ".") else []) + [
+        d / "tokenizer" / SP_MODEL_FILE for d in _run_dirs(init_from)]
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+      raise InitFromError(
+          f"{init_from} uses a SentencePiece tokenizer but none was found (looked at "
+          f"{[str(c) for c in candidates]}); set --config.tokenizer.path to the pretraining run's "
+          f"tokenizer/{SP_MODEL_FILE}")
+    # One process writes the copy (workdirs may be on a shared filesystem); the others read the original.
+    config.tokenizer.path = str(_copy_tokenizer(found, Path(workdir)) if jax.process_index() == 0 else found)
+  elif kind == "gpt2" and not str(config.tokenizer.path) and stored_cfg.get("path"):
+    config.tokenizer.path = str(stored_cfg["path"])  # the same vocabulary folder as the init_from run
+  tok = build_tokenizer(config.tokenizer, str(workdir))
+  stored_identity = meta.get("tokenizer_identity")
+  if stored_identity and stored_identity != tok.identity:
+    raise InitFromError(
+        f"{init_from} was trained with tokenizer {stored_identity!r}, but this stage would use "
+        f"{tok.identity!r}; its token ids would mean different text. Leave tokenizer.path empty to reuse the "
+        "init_from run's tokenizer, or point it at that run's tokenizer file")
+  if not stored_identity:
+    logging.warning("%s records no tokenizer identity; using %s as configured", init_from, tok.identity)
+  check_vocab_fits(tok, int(config.model.vocab_size))
+  return tok
+
+
+def _copy_tokenizer(model_file: Path, workdir: Path) -> Path:
+  dest_dir = workdir / "tokenizer"
+  dest = dest_dir / SP_MODEL_FILE
+  if dest.resolve() == model_file.resolve():
+    return dest
+  dest_dir.mkdir(parents=True, exist_ok=True)
+  if dest.is_file() and dest.read_bytes() != model_file.read_bytes():
+    raise InitFromError(f"{dest} already holds a different tokenizer than {model_file}; use a new --workdir")
+  shutil.copyfile(model_file, dest)
+  settings = model_file.parent / SP_SETTINGS_FILE
+  if settings.is_file():
+    shutil.copyfile(settings, dest_dir / SP_SETTINGS_FILE)
+  return dest
+
+
+def _has_checkpoint(workdir: Path) -> bool:
+  directory = workdir / "checkpoints"
+  return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
+
+
+def posttrain_stage(config, workdir: str | Path, tokenizer) -> tuple[StageData, ptp.PostTrainData]:
+  kind = config.task
+  if int(config.data.seq_len) > int(config.model.max_len):
+    raise ValueError(f"data.seq_len={config.data.seq_len} exceeds the model's max_len={config.model.max_len}; "
+                     "lower --config.data.seq_len")
+  data = ptp.load_posttrain_data(config.data, tokenizer, kind)
+  batch = int(config.train.batch_size)
+  pack = bool(config.data.pack_sft)
+  it = ptp.make_posttrain_iterator(data, seed=int(config.seed), global_batch_size=batch,
+                                   process_index=jax.process_index(), process_count=jax.process_count(), pack=pack)
+  evals = ptp.make_posttrain_eval_batches(data, batch_size=batch, pack=pack,
+                                          max_batches=int(config.train.eval_batches))
+  return StageData(train_iter=it, eval_batches=evals, tokenizer=tokenizer), data
+
+
+def print_instruction_sample(config, params, tokenizer) -> str:
+  """Greedy-ish continuation of `config.sample.prompt` as an Alpaca instruction."""
+  from modernlm_jax.generate import generate
+
+  s = config.sample
+  cfg = ModelConfig.from_dict(config.model)
+  prompt_ids = [tokenizer.eos_id] + tokenizer.encode(alpaca_prompt(str(s.prompt)))
+  budget = max(1, cfg.max_len - int(s.max_new_tokens))
+  out = generate(params, cfg, [prompt_ids[-budget:]], max_new_tokens=int(s.max_new_tokens),
+                 temperature=float(s.temperature), top_k=int(s.top_k), top_p=float(s.top_p),
+                 stop_ids=[tokenizer.eos_id], seed=int(config.seed))[0]
+  text = tokenizer.decode([t for t in out if t != tokenizer.eos_id])
+  print(f"instruction: {s.prompt!r}\nresponse: {text!r}", flush=True)
+  return text
+
+
+def run(config, workdir: str | Path) -> dict:
+  """`config.task` "sft" or "dpo": tokenizer and weights from `config.init_from`, then the shared loop."""
+  kind = config.task
+  if kind not in STAGES:
+    raise ValueError(f"posttrain runs config.task 'sft' or 'dpo', got {kind!r}")
+  if config.objective != STAGES[kind]:
+    raise ValueError(f"config.task={kind!r} needs config.objective={STAGES[kind]!r}, got {config.objective!r}")
+  if not str(config.init_from):
+    raise InitFromError(f"{kind} starts from an earlier run: set --config.init_from=<run directory or checkpoint "
+                        f"step directory> (e.g. the --workdir of {'pretraining' if kind == 'sft' else 'SFT'})")
+  workdir = Path(workdir)
+  if _has_checkpoint(workdir):
+    # Resuming: the loop restores this stage's own state, and its tokenizer copy is in workdir.
+    init_fn, source = None, workdir
+  else:
+    init_fn = make_init_params_fn(str(config.init_from), config.model.to_dict())  # checks path and model first
+    source = Path(str(config.init_from))
+  meta = read_init_meta(str(source))
+  tokenizer = init_from_tokenizer(config, workdir, meta, source)
+  stage, data = posttrain_stage(config, workdir, tokenizer)
+  final = train(config, workdir, stage, init_params_fn=init_fn)
+  params = final.pop("params")
+  if jax.process_index() == 0:
+    (workdir / "data_stats.json").write_text(json.dumps(data.stats, indent=2))
+    if kind == "sft" and int(config.sample.max_new_tokens) > 0:
+      final["sample"] = print_instruction_sample(config, params, tokenizer)
+    summary_file = workdir / "final_metrics.json"
+    # A resumed run that had no steps left keeps the metrics of the run that finished it.
+    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    summary.update({k: v for k, v in final.items() if isinstance(v, (int, float, str))})
+    summary["init_from"] = str(config.init_from)
+    summary_file.write_text(json.dumps(summary, indent=2))
+    logging.info("final metrics: %s", summary)
+  final["params"] = params
+  return final
