@@ -20,22 +20,9 @@ from modernlm_jax.tasks import evaluate
 from modernlm_jax.train.loop import StageData, train
 from modernlm_jax.train.synthetic import SyntheticBatches
 from tests.train_utils import tiny_config
+from tests.train_utils import numpy_init
 
 
-def numpy_init(cfg, seed=0, std=0.02):
-  """Parameters of init_params' structure filled on the host: compiling the real init is slow on a busy CPU."""
-  rng = np.random.default_rng(seed)
-  abstract = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
-
-  def leaf(path, a):
-    name = jax.tree_util.keystr(path)
-    if name.endswith("['scale']"):
-      return jnp.ones(a.shape, a.dtype)
-    if name.endswith("bias']"):
-      return jnp.zeros(a.shape, a.dtype)
-    return jnp.asarray(rng.normal(0.0, std, a.shape), a.dtype)
-
-  return jax.tree_util.tree_map_with_path(leaf, abstract)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import pytest
 
 from modernlm_jax import generate as gen
 from modernlm_jax.model import LanguageModel, ModelConfig, init_params
+from train_utils import numpy_init
 
 TINY = dict(vocab_size=64, max_len=32, n_layers=2, d_model=32, n_heads=4, d_ff=64, init_std=0.1)
 FAMILIES = {
@@ -20,20 +21,6 @@ NEW = 10
 CHUNK = 4  # prefill in several chunks: the 7-token prompt spans two, behind one padding slot
 
 
-def numpy_init(cfg, seed=0, std=0.02):
-  """Parameters of init_params' structure filled on the host: compiling the real init is slow on a busy CPU."""
-  rng = np.random.default_rng(seed)
-  abstract = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
-
-  def leaf(path, a):
-    name = jax.tree_util.keystr(path)
-    if name.endswith("['scale']"):
-      return jnp.ones(a.shape, a.dtype)
-    if name.endswith("bias']"):
-      return jnp.zeros(a.shape, a.dtype)
-    return jnp.asarray(rng.normal(0.0, std, a.shape), a.dtype)
-
-  return jax.tree_util.tree_map_with_path(leaf, abstract)
 
 
 def make(family):

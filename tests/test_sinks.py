@@ -25,6 +25,7 @@ from modernlm_jax.data.builtin_corpus import builtin_split
 from modernlm_jax.data.tokenizers import ByteTokenizer
 from modernlm_jax.generate import generate, streaming_nll
 from modernlm_jax.model import LanguageModel, ModelConfig, init_params
+from train_utils import numpy_init
 
 L = 64  # training length = cache length
 SINKS = 4
@@ -32,20 +33,6 @@ STEPS = 200
 BATCH = 16
 
 
-def numpy_init(cfg, seed=0, std=0.02):
-  """Parameters of init_params' structure filled on the host: compiling the real init is slow on a busy CPU."""
-  rng = np.random.default_rng(seed)
-  abstract = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
-
-  def leaf(path, a):
-    name = jax.tree_util.keystr(path)
-    if name.endswith("['scale']"):
-      return jnp.ones(a.shape, a.dtype)
-    if name.endswith("bias']"):
-      return jnp.zeros(a.shape, a.dtype)
-    return jnp.asarray(rng.normal(0.0, std, a.shape), a.dtype)
-
-  return jax.tree_util.tree_map_with_path(leaf, abstract)
 
 
 def train_tiny_rope_model():

@@ -1,9 +1,12 @@
 """Small configs and stage data for training-loop tests (synthetic batches: no tokenizer needed)."""
 
+import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from modernlm_jax.config_base import model_config_dict, train_defaults
-from modernlm_jax.model import ModelConfig
+from modernlm_jax.model import ModelConfig, init_params
 from modernlm_jax.train.loop import StageData
 from modernlm_jax.train.synthetic import SyntheticBatches
 
@@ -39,3 +42,19 @@ def synthetic_stage(config, seed=0):
   evals = [SyntheticBatches(batch_size=config.train.batch_size, seq_len=config.data.seq_len,
                             vocab_size=config.model.vocab_size, seed=999).batch_at(i) for i in range(2)]
   return StageData(train_iter=it, eval_batches=evals, tokenizer=FakeTokenizer())
+
+
+def numpy_init(cfg, seed=0, std=0.02):
+  """Parameters of init_params' structure filled on the host: compiling the real init is slow on a busy CPU."""
+  rng = np.random.default_rng(seed)
+  abstract = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
+
+  def leaf(path, a):
+    name = jax.tree_util.keystr(path)
+    if name.endswith("['scale']"):
+      return jnp.ones(a.shape, a.dtype)
+    if name.endswith("bias']"):
+      return jnp.zeros(a.shape, a.dtype)
+    return jnp.asarray(rng.normal(0.0, std, a.shape), a.dtype)
+
+  return jax.tree_util.tree_map_with_path(leaf, abstract)
