@@ -1,0 +1,152 @@
+"""Matched comparison: `--config=configs/compare.py:<preset>` trains every (family × scale × seed) of
+the preset on identical data, token budget, schedule and batch order, evaluates each, measures the
+inference protocol, fits scaling laws and writes results.json, report.md and PNG plots (see
+modernlm_jax/tasks/compare.py).
+
+Presets:
+  smoke            CPU, minutes: scales tiny + 3.5m (one shared 2048-piece vocabulary), 1 seed, 100 steps of 4×128.
+  tiny             3.5m + 8m, 3 seeds, the small-scale table vocabulary (8192 SentencePiece).
+  seed004          3.5m / 8m / 30m (SentencePiece 8192) + 125m (GPT-2 BPE), 3 seeds, the protocol's
+                   optimiser settings (AdamW 0.9/0.95, wd 0.1, clip 1.0, cosine, max lr 3e-4).
+  ablate-positions modern family at 3.5m: rope vs alibi vs rope+alibi.
+  ablate-gate      modern family at 3.5m: attention output gate none vs elementwise.
+  ablate-sigreg    modern family at 3.5m: SIGReg embedding regulariser off vs 0.1.
+  ablate-seqlen    modern family at 3.5m: fixed vs progressive sequence length.
+
+The families are gpt2 and modern, plus the recurrent hybrid when modernlm_jax.model.recurrent is
+installed (it registers itself in the scale table). Real data: --config.data.source=text:/path/*.txt.
+Lists are comma-separated strings: --config.compare.seeds=0,1 --config.compare.families=gpt2,modern.
+"""
+
+import ml_collections
+
+from modernlm_jax.config_base import base_config
+
+PRESETS = ("smoke", "tiny", "seed004", "ablate-positions", "ablate-gate", "ablate-sigreg", "ablate-seqlen")
+
+
+def default_families() -> str:
+  from modernlm_jax.tasks.compare_plan import valid_families
+
+  return ",".join(f for f in ("gpt2", "modern", "hybrid") if f in valid_families())
+
+
+def compare_defaults() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      families=default_families(),  # arms: scale-table families or names under `variants`
+      scales="3.5m,8m",
+      seeds="0,1,2",
+      baseline="gpt2",
+      decision_scale="",  # "" -> the largest scale where baseline and candidate both finished
+      tokenizer="auto",  # auto (the scale table's kind) | gpt2 | sentencepiece | bytes
+      vocab_size=0,  # > 0: every member's vocabulary (and the shared SentencePiece) has this size
+      eval_batch_size=8,
+      suite="",  # "" (no downstream tasks) | quick | full (eval/suite.py)
+      data_root="",  # folder with the task data for the suite (the shared data folder)
+      probes=ml_collections.ConfigDict(dict(enabled=True, seed=0, num_per_tier=20, distances="5,10,20,50",
+                                            num_choices=4, long_context=2048, batch_size=8)),
+      inference=ml_collections.ConfigDict(dict(
+          enabled=True, prefill_tokens=1024, prefill_repeats=100, decode_tokens=256, decode_repeats=10,
+          context_lengths="256,512,1024,2048", long_context_lengths="4096,8192", context_repeats=10,
+          subprocess=True)),  # one fresh process per member: its memory peak is its own
+      smoke=ml_collections.ConfigDict(dict(enabled=True, overfit_rows=4, overfit_len=0, overfit_steps=200,  # len 0: data.seq_len
+                                           overfit_lr=1e-2, data_fraction=0.01, min_points=5)),
+      variants=ml_collections.ConfigDict(),  # name -> {family, model: {...}, train: {...}, data: {...}}
+  ))
+
+
+def _base(scales: str, seeds: str):
+  c = base_config("modern-tiny")
+  c.task = "compare"
+  c.compare = compare_defaults()
+  c.compare.scales, c.compare.seeds = scales, seeds
+  return c
+
+
+def _smoke():
+  c = _base("tiny,3.5m", "0")
+  c.compare.vocab_size = 2048  # one tokenizer for both scales, so their losses sit on one scaling curve
+  c.data.seq_len = 128
+  c.data.val_tokens = 16384
+  # 512 tokens per step: compilation, not training, dominates the wall time at this size.
+  c.train.update(dict(steps=100, batch_size=4, lr=3e-3, warmup_steps=10, eval_every=25, eval_batches=8,
+                      checkpoint_every=100, log_every=2, tensorboard=False))
+  c.compare.probes.update(dict(num_per_tier=4, distances="2,5,10,20", long_context=1024))
+  c.compare.inference.update(dict(prefill_repeats=10, decode_repeats=3, decode_tokens=128,
+                                  context_lengths="64,128,256", long_context_lengths="1024",
+                                  context_repeats=5))
+  c.compare.smoke.update(dict(overfit_rows=2, overfit_steps=80))
+  return c
+
+
+def _small(scales: str = "3.5m,8m", seeds: str = "0,1,2"):
+  c = _base(scales, seeds)
+  c.data.seq_len = 512  # the 3.5m and 8m models' context
+  c.train.update(dict(steps=5000, batch_size=32, lr=1e-3, warmup_steps=250, eval_every=250, checkpoint_every=500,
+                      log_every=25))
+  return c
+
+
+def _seed004():
+  c = _base("3.5m,8m,30m,125m", "0,1,2")
+  c.data.seq_len = 512  # the largest context every scale supports (3.5m/8m: 512)
+  # The protocol's matching recipe (AdamW β 0.9/0.95, wd 0.1, clip 1.0, cosine to max lr 3e-4, 2000 warmup).
+  c.train.update(dict(steps=20000, batch_size=64, lr=3e-4, warmup_steps=2000, weight_decay=0.1, b1=0.9, b2=0.95,
+                      grad_clip=1.0, schedule="cosine", eval_every=1000, checkpoint_every=1000, log_every=50))
+  c.compare.suite = "quick"
+  c.compare.probes.num_per_tier = 50
+  return c
+
+
+def _variant(family: str, description: str, model=None, train=None, data=None) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(family=family, description=description,
+                                        model=ml_collections.ConfigDict(model or {}),
+                                        train=ml_collections.ConfigDict(train or {}),
+                                        data=ml_collections.ConfigDict(data or {})))
+
+
+def _ablation(variants: dict, baseline: str):
+  c = _small(scales="3.5m")
+  c.compare.variants = ml_collections.ConfigDict(variants)
+  c.compare.families = ",".join(variants)
+  c.compare.baseline = baseline
+  c.compare.smoke.enabled = False  # the smoke protocol compares families, not one family's variants
+  return c
+
+
+def _ablate_seqlen():
+  c = _small(scales="3.5m")
+  steps = int(c.train.steps)
+  schedule = f"64:{steps // 10},128:{steps // 5},256:{2 * steps // 5},{int(c.data.seq_len)}"
+  c = _ablation({"fixed-len": _variant("modern", "fixed sequence length", data={"seq_len_schedule": ""}),
+                 "progressive-len": _variant("modern", f"progressive sequence length {schedule}",
+                                             data={"seq_len_schedule": schedule})}, "fixed-len")
+  return c
+
+
+def get_config(arg: str | None = None):
+  preset = arg or "smoke"
+  if preset == "smoke":
+    c = _smoke()
+  elif preset == "tiny":
+    c = _small()
+  elif preset == "seed004":
+    c = _seed004()
+  elif preset == "ablate-positions":
+    c = _ablation({p: _variant("modern", f"positions={p}", model={"positions": p}) for p in ("rope", "alibi", "rope+alibi")},
+                  "rope")
+  elif preset == "ablate-gate":
+    c = _ablation({f"gate-{g}": _variant("modern", f"attn_gate={g}", model={"attn_gate": g})
+                   for g in ("none", "elementwise")}, "gate-none")
+  elif preset == "ablate-sigreg":
+    c = _ablation({"sigreg-off": _variant("modern", "sigreg_weight=0", train={"sigreg_weight": 0.0}),
+                   "sigreg-on": _variant("modern", "sigreg_weight=0.1", train={"sigreg_weight": 0.1})}, "sigreg-off")
+  elif preset == "ablate-seqlen":
+    c = _ablate_seqlen()
+  else:
+    raise ValueError(f"unknown compare preset {preset!r}; valid presets: {list(PRESETS)}")
+  c.preset = preset
+  from modernlm_jax.tasks.compare_plan import plan
+
+  plan(c)  # a preset must name only known scales and families
+  return c

@@ -1,0 +1,272 @@
+"""The matched comparison: train every (family × scale × seed), evaluate, measure, fit, report.
+
+`python -m modernlm_jax.main --config=configs/compare.py:<preset> --workdir=DIR` writes
+
+    DIR/tokenizer/               the one tokenizer every member uses (SentencePiece is trained once)
+    DIR/runs/<arm>-<scale>-s<seed>/   each member's pretraining run (checkpoints, metrics.jsonl)
+    DIR/results.json             every measured number (schema: modernlm_jax.eval.results)
+    DIR/report.md, DIR/*.png     regenerated from results.json alone (modernlm_jax.eval.report)
+
+Members share the data source, token budget, schedule and batch order (see `compare_plan`).
+Resumable: results.json is saved after every member; a member whose last checkpoint is at the
+configured step and whose entry is "ok" is skipped, one trained but not evaluated is only
+evaluated, one interrupted mid-training resumes from its checkpoint. A member that raises is
+recorded as failed (error string, traceback in its run folder's error.txt) and the rest continue.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from modernlm_jax.eval import decision
+from modernlm_jax.eval import report as report_lib
+from modernlm_jax.eval import results as results_lib
+from modernlm_jax.model import ModelConfig
+from modernlm_jax.model import scales
+from modernlm_jax.tasks import compare_eval, compare_inference, compare_plan, compare_smoke
+from modernlm_jax.tasks.compare_plan import Member
+from modernlm_jax.train.metrics import read_metrics
+
+log = logging.getLogger(__name__)
+RESULTS_NAME = "results.json"
+
+
+def member_dir(workdir: Path, member: Member) -> Path:
+  return workdir / "runs" / member.name
+
+
+def final_checkpoint_step(run_dir: Path) -> int | None:
+  """Newest committed checkpoint step (orbax commits a step by renaming its folder to the number)."""
+  root = run_dir / "checkpoints"
+  steps = [int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit()] if root.is_dir() else []
+  return max(steps) if steps else None
+
+
+def _load_or_new(path: Path, proto: dict, members: list[Member]) -> dict:
+  results = results_lib.new_results(proto)
+  if not path.is_file():
+    return results
+  old = results_lib.load(path)
+  changed = {k: (old["protocol"].get(k), proto.get(k)) for k in compare_plan.PROTOCOL_IDENTITY_KEYS
+             if old["protocol"].get(k) != proto.get(k)}
+  if changed:
+    raise ValueError(f"{path} holds a comparison with a different protocol (saved, now): {changed}. Nothing was "
+                     "changed; use a new --workdir, or the saved settings to resume.")
+  wanted = {(m.arm, m.scale, m.seed) for m in members}
+  for run in old["runs"]:
+    if results_lib.run_key(run) in wanted:
+      results_lib.add_run(results, run)
+  if old.get("smoke"):
+    results["smoke"] = old["smoke"]
+  return results
+
+
+def _find_run(results: dict, member: Member) -> dict | None:
+  key = (member.arm, member.scale, member.seed)
+  return next((r for r in results["runs"] if results_lib.run_key(r) == key), None)
+
+
+def _param_count(config, member: Member) -> int:
+  try:
+    return scales.count_params(compare_plan.model_config(config, member))["total"]
+  except Exception:  # noqa: BLE001 - a broken override: count the unmodified family so the entry stays valid
+    return scales.count_params(scales.preset(f"{member.family}-{member.scale}"))["total"]
+
+
+def _check_vocab(config, members: list[Member], tokenizers: dict) -> None:
+  from modernlm_jax.data.tokenizers import check_vocab_fits
+
+  for m in members:
+    if m.arm in compare_plan.variant_names(config):
+      continue  # a variant's model overrides are checked (and may fail) inside its own run
+    check_vocab_fits(tokenizers[m.scale][0], compare_plan.model_config(config, m).vocab_size)
+
+
+class _Context:
+  """What members of one comparison share: config, tokenizers, validation streams, inference plans."""
+
+  def __init__(self, config, workdir: Path, members: list[Member], tokenizers: dict):
+    self.config, self.workdir, self.tokenizers = config, workdir, tokenizers
+    self.streams: dict[str, tuple[np.ndarray, int]] = {}
+    self.inference_plans: dict[str, dict] = {}
+    for scale in dict.fromkeys(m.scale for m in members):
+      cfgs = {}
+      for m in (m for m in members if m.scale == scale):
+        try:
+          cfgs[m.arm] = compare_plan.model_config(config, m)
+        except ValueError:
+          pass  # the member fails on its own when it runs
+      self.inference_plans[scale] = compare_inference.scale_plan(cfgs, config.compare.inference)
+
+  def stream(self, tokenizer) -> tuple[np.ndarray, int]:
+    if tokenizer.identity not in self.streams:
+      self.streams[tokenizer.identity] = compare_eval.validation_stream(
+          self.config.data, tokenizer, int(self.config.data.val_tokens))
+    return self.streams[tokenizer.identity]
+
+
+def _train_member(ctx: _Context, member: Member):
+  from modernlm_jax.tasks.pretrain import pretrain_stage
+  from modernlm_jax.train.loop import train
+
+  tok, tok_cfg = ctx.tokenizers[member.scale]
+  mcfg = compare_plan.member_config(ctx.config, member, tok_cfg)
+  run_dir = member_dir(ctx.workdir, member)
+  stage = pretrain_stage(mcfg, run_dir)
+  start = final_checkpoint_step(run_dir) or 0
+  log.info("[compare] %s: training steps %d..%d in %s", member.name, start, int(mcfg.train.steps), run_dir)
+  out = train(mcfg, run_dir, stage)
+  return mcfg, out["params"], tok
+
+
+def _evaluate_member(ctx: _Context, member: Member, mcfg, params, tok) -> dict:
+  from modernlm_jax.train.flops import flops_per_token
+
+  c = ctx.config.compare
+  run_dir = member_dir(ctx.workdir, member)
+  model_cfg = ModelConfig.from_dict(mcfg.model)
+  seq_len, batch = int(mcfg.data.seq_len), int(mcfg.train.batch_size)
+  budget = int(mcfg.train.steps) * batch * seq_len
+  curves = compare_eval.curves_from_metrics(run_dir, batch * seq_len)
+  step_times = [r["step_time_s"] for r in read_metrics(run_dir) if r.get("step", 0) > 1 and "step_time_s" in r]
+  fwd = compare_eval.forward_fn_for(params, model_cfg)
+  log.info("[compare] %s: validation loss / bits per byte", member.name)
+  final = compare_eval.final_metrics(
+      fwd, ctx.stream(tok), context=min(seq_len, model_cfg.max_len), batch_size=int(c.eval_batch_size),
+      grad_norm_init=compare_eval.first_step_metric(run_dir, "grad_norm"),
+      train_loss_final=next((l for l in reversed(curves["train_loss"]) if l is not None), None),
+      train_flops=flops_per_token(model_cfg, seq_len) * budget,
+      step_time_s=float(np.median(step_times)) if step_times else None)
+  entry: dict[str, Any] = {"curves": curves, "final": final}
+  if bool(c.probes.enabled):
+    log.info("[compare] %s: statefulness probes", member.name)
+    entry["statefulness"] = compare_eval.statefulness_entry(fwd, tok, model_cfg, c.probes)
+  if str(c.suite):
+    log.info("[compare] %s: evaluation suite %r", member.name, str(c.suite))
+    entry["tasks"] = compare_eval.task_accuracies(params, model_cfg, fwd, tok, str(c.suite), str(c.data_root))
+  if bool(c.inference.enabled):
+    plan = ctx.inference_plans[member.scale][member.arm]
+    log.info("[compare] %s: inference protocol (%s)", member.name,
+             "own process" if plan["memory"] else "in process, no memory")
+    measured = (compare_inference.measure_in_subprocess(params, model_cfg, plan) if plan["memory"]
+                else compare_inference.measure(params, model_cfg, plan))
+    entry["inference"] = compare_inference.entry(measured, plan)
+  return results_lib.make_run(member.arm, member.scale, member.seed, scales.count_params(model_cfg)["total"], **entry)
+
+
+def _run_member(ctx: _Context, member: Member) -> dict:
+  run_dir = member_dir(ctx.workdir, member)
+  try:
+    mcfg, params, tok = _train_member(ctx, member)
+    return _evaluate_member(ctx, member, mcfg, params, tok)
+  except Exception as e:  # noqa: BLE001 - one member's crash must not stop the comparison
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "error.txt").write_text(traceback.format_exc())
+    log.error("[compare] %s failed: %s: %s (traceback in %s)", member.name, type(e).__name__, e, run_dir / "error.txt")
+    return results_lib.make_run(member.arm, member.scale, member.seed, _param_count(ctx.config, member),
+                                error=f"{type(e).__name__}: {e}"[:2000])
+
+
+# --------------------------------------------------------------------------- smoke protocol
+
+
+def _smoke(ctx: _Context, members: list[Member], results: dict) -> dict | None:
+  s = ctx.config.compare.smoke
+  scale, seed = members[0].scale, members[0].seed
+  group = [m for m in members if m.scale == scale and m.seed == seed]
+  ok = {m.arm: m for m in group if (_find_run(results, m) or {}).get("status") == "ok"}
+  old = results.get("smoke") or {}
+  if old.get("scale") == scale and set((old.get("overfit") or {}).get("by_family", {})) == set(ok):
+    log.info("[compare] smoke protocol already recorded for %s", sorted(ok))
+    return old
+  if not ok:
+    return None
+  from modernlm_jax.data.pipeline import make_train_iterator
+
+  tok, tok_cfg = ctx.tokenizers[scale]
+  any_cfg = compare_plan.member_config(ctx.config, next(iter(ok.values())), tok_cfg)
+  it = make_train_iterator(any_cfg.data, tok, seed=seed, global_batch_size=int(any_cfg.train.batch_size))
+  try:
+    batch = compare_smoke.overfit_batch(it.batch_at(0), int(s.overfit_rows),
+                                        int(s.overfit_len) or int(any_cfg.data.seq_len))
+  finally:
+    it.close()
+  budget = int(ctx.config.train.steps) * int(ctx.config.train.batch_size) * int(ctx.config.data.seq_len)
+  overfits, grads, fractions, used = {}, {}, {}, 0.0
+  for arm, m in ok.items():
+    log.info("[compare] smoke: overfitting %s on %d tokens", arm, batch["inputs"].size)
+    try:
+      r = compare_smoke.overfit(compare_plan.member_config(ctx.config, m, tok_cfg), batch,
+                                steps=int(s.overfit_steps), lr=float(s.overfit_lr))
+    except Exception as e:  # noqa: BLE001 - recorded as missing, never fatal
+      log.error("[compare] smoke overfit of %s failed: %s", arm, e)
+      continue
+    if np.isfinite(r["final_loss"]) and np.isfinite(r["first_loss"]):
+      overfits[arm] = r
+    g = compare_eval.first_step_metric(member_dir(ctx.workdir, m), "grad_norm")
+    if g is not None:
+      grads[arm] = g
+    curve, frac = compare_smoke.data_fraction_curve(_find_run(results, m)["curves"], budget,
+                                                     float(s.data_fraction), int(s.min_points))
+    fractions[arm], used = curve, max(used, frac)
+  return compare_smoke.smoke_entry(scale, overfit_results=overfits, overfit_size=int(batch["inputs"].size),
+                                   grad_norms=grads, fraction_curves=fractions, fraction_used=used)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def run(config, workdir: str | Path) -> dict:
+  """Runs (or resumes) the comparison in `workdir`; returns the results dict (also in results.json)."""
+  workdir = Path(workdir).absolute()
+  members = compare_plan.plan(config)  # bad names fail here, before anything is trained
+  workdir.mkdir(parents=True, exist_ok=True)
+  t0 = time.perf_counter()
+  scale_names = list(dict.fromkeys(m.scale for m in members))
+  tokenizers = compare_plan.build_shared_tokenizers(config, workdir, scale_names)
+  _check_vocab(config, members, tokenizers)
+  results_path = workdir / RESULTS_NAME
+  results = _load_or_new(results_path, compare_plan.protocol(config, tokenizers), members)
+  ctx = _Context(config, workdir, members, tokenizers)
+  is_main = jax.process_index() == 0
+  steps = int(config.train.steps)
+  for i, member in enumerate(members):
+    prior = _find_run(results, member)
+    finished = final_checkpoint_step(member_dir(workdir, member)) == steps
+    if finished and prior is not None and prior["status"] == "ok":
+      log.info("[compare] %d/%d %s: finished earlier, skipped", i + 1, len(members), member.name)
+      continue
+    log.info("[compare] %d/%d %s", i + 1, len(members), member.name)
+    results_lib.add_run(results, _run_member(ctx, member))
+    if is_main:
+      results_lib.save(results, results_path)
+  if bool(config.compare.smoke.enabled):
+    smoke = _smoke(ctx, members, results)
+    if smoke:
+      results["smoke"] = smoke
+  if is_main:
+    results_lib.save(results, results_path)
+    report = report_lib.write_report(results, workdir)
+    _log_summary(results, report, time.perf_counter() - t0)
+  return results
+
+
+def _log_summary(results: dict, report: Path, seconds: float) -> None:
+  base = results_lib.baseline_family(results)
+  for fam in results_lib.families(results):
+    if fam != base:
+      v = decision.verdict_from_results(results, fam, base)
+      log.info("[compare] verdict %s vs %s at %s: %s", fam, base, v["scale"], v["decision"])
+  failed = results_lib.failed_runs(results)
+  if failed:
+    log.warning("[compare] %d member run(s) failed: %s", len(failed),
+                ", ".join(f"{r['family']}-{r['scale']}-s{r['seed']}" for r in failed))
+  log.info("[compare] report: %s (%.0f s)", report, seconds)
+  print(f"comparison report: {report}", flush=True)

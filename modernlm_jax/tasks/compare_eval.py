@@ -1,0 +1,163 @@
+"""Evaluation of one comparison member: curves, validation loss / bits per byte, probes, tasks.
+
+Evaluation code sees only a jitted `forward_fn(tokens, positions, segment_ids) -> logits`, so every
+family is scored by exactly the same code on exactly the same tokens.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from modernlm_jax.eval import perplexity
+from modernlm_jax.eval import results as results_lib
+from modernlm_jax.eval import statefulness
+from modernlm_jax.model import LanguageModel, ModelConfig
+from modernlm_jax.train.metrics import read_metrics
+
+log = logging.getLogger(__name__)
+
+
+def forward_fn_for(params, cfg: ModelConfig) -> Callable:
+  """`forward_fn` of the eval package; params are an argument (not baked into the compiled graph)."""
+  model = LanguageModel(cfg)
+
+  @jax.jit
+  def apply(p, tokens_BT, positions_BT, segment_ids_BT):
+    return model.apply({"params": p}, tokens_BT, positions=positions_BT, segment_ids=segment_ids_BT)
+
+  return functools.partial(apply, params)
+
+
+def probe_context(cfg: ModelConfig, long_context: int) -> int:
+  """Attention families are probed within their trained window (as the protocol asks of GPT-2);
+  attention-free families carry state past it, so they get `long_context` tokens."""
+  return cfg.max_len if cfg.has_attention or cfg.positions == "learned" else max(int(long_context), cfg.max_len)
+
+
+# --------------------------------------------------------------------------- curves
+
+
+def curves_from_metrics(member_dir: str | Path, tokens_per_step: int) -> dict:
+  """results.json `curves` from a member's metrics.jsonl (train and validation loss vs tokens).
+
+  A resumed run may log a step twice; the last row of each step wins.
+  """
+  rows = read_metrics(member_dir)
+  train: dict[int, dict] = {}
+  val: dict[int, float] = {}
+  for r in rows:
+    step = r.get("step")
+    if step is None:
+      continue
+    if "val_loss" in r:
+      val[int(step)] = float(r["val_loss"])
+    elif "loss" in r:
+      train[int(step)] = r
+  steps = sorted(train)
+  curves = {
+      "tokens": [int(train[s].get("tokens_seen", s * tokens_per_step)) for s in steps],
+      "train_loss": [_finite_or_none(train[s]["loss"]) for s in steps],
+      "val_tokens": [int(s * tokens_per_step) for s in sorted(val)],
+      "val_loss": [_finite_or_none(val[s]) for s in sorted(val)],
+  }
+  return curves
+
+
+def _finite_or_none(x: Any) -> float | None:
+  x = float(x)
+  return x if np.isfinite(x) else None
+
+
+def first_step_metric(member_dir: str | Path, key: str) -> float | None:
+  """A training metric at step 1 (e.g. the gradient norm at initialisation)."""
+  for r in read_metrics(member_dir):
+    if r.get("step") == 1 and key in r:
+      return _finite_or_none(r[key])
+  return None
+
+
+# --------------------------------------------------------------------------- validation stream
+
+
+def validation_texts(data_cfg) -> list[str]:
+  """The documents the pipeline uses as the validation split (same rule as the training loop)."""
+  from modernlm_jax.data import sources
+
+  if str(data_cfg.val_source):
+    spec, split = str(data_cfg.val_source), "all"
+  else:
+    spec, split = str(data_cfg.source), "validation"
+  return sources.load_documents(spec, split, jsonl_field=str(data_cfg.jsonl_field),
+                                skip_bad_rows=bool(data_cfg.skip_bad_rows))
+
+
+def validation_stream(data_cfg, tokenizer, max_tokens: int) -> tuple[np.ndarray, int]:
+  """Token ids `[eos, doc1..., eos, doc2..., eos, ...]` (at most `max_tokens` + 1) and their byte count.
+
+  Each EOS stands for a one-byte document separator in the byte count, so bits per byte covers the
+  text plus the document boundaries the model also has to predict.
+  """
+  ids: list[int] = [tokenizer.eos_id]
+  n_bytes = 0
+  for doc in validation_texts(data_cfg):
+    piece = list(tokenizer.encode(doc)) + [tokenizer.eos_id]
+    room = max_tokens + 1 - len(ids) if max_tokens > 0 else len(piece)
+    if room <= 0:
+      break
+    if len(piece) > room:
+      piece = piece[:room]
+      n_bytes += len(tokenizer.decode(piece).encode("utf-8"))  # a cut piece never ends in its EOS
+      ids += piece
+      break
+    ids += piece
+    n_bytes += len(doc.encode("utf-8")) + 1
+  if len(ids) < 2:
+    raise ValueError("the validation split produced fewer than 2 tokens; point data.val_source at more text")
+  return np.asarray(ids, np.int32), max(n_bytes, 1)
+
+
+def final_metrics(forward_fn: Callable, stream: tuple[np.ndarray, int], *, context: int, batch_size: int,
+                  **extra: float | None) -> dict:
+  """`final` entry: loss / perplexity / bits per byte over the validation stream in windows of `context`."""
+  ids, n_bytes = stream
+  res = perplexity.evaluate_stream(forward_fn, ids, context=context, stride=context, batch_size=batch_size,
+                                   num_bytes=n_bytes)
+  final = results_lib.final_from_perplexity(res, **extra)
+  final["val_tokens_scored"] = int(res["tokens"])
+  return final
+
+
+# --------------------------------------------------------------------------- probes and tasks
+
+
+def statefulness_entry(forward_fn: Callable, tokenizer, cfg: ModelConfig, probes_cfg) -> dict:
+  from modernlm_jax.tasks.compare_plan import parse_ints
+
+  ctx = probe_context(cfg, int(probes_cfg.long_context))
+  res = statefulness.run_probes(forward_fn, tokenizer, seed=int(probes_cfg.seed),
+                                num_per_tier=int(probes_cfg.num_per_tier),
+                                distances=parse_ints(probes_cfg.distances, "probes.distances"),
+                                num_choices=int(probes_cfg.num_choices), context=ctx,
+                                batch_size=int(probes_cfg.batch_size))
+  entry = results_lib.statefulness_entry(res)
+  entry["context"] = ctx
+  entry["truncated"] = int(res["truncated"])
+  entry["n"] = int(res["n"])
+  return entry
+
+
+def task_accuracies(params, cfg: ModelConfig, forward_fn: Callable, tokenizer, suite: str, data_root: str) -> dict:
+  """Headline accuracy per downstream task of the named suite (tasks without data are left out)."""
+  from modernlm_jax.eval import suite as suite_lib
+  from modernlm_jax.generate import greedy_generate_fn
+
+  result = suite_lib.run_suite(suite, forward_fn=forward_fn, generate_fn=greedy_generate_fn(params, cfg),
+                               tokenizer=tokenizer, context=cfg.max_len, data_root=data_root or None,
+                               progress=log.info, ppl_texts={}, require_gpt2_protocol=False)
+  return suite_lib.comparison_entry(result)["tasks"]

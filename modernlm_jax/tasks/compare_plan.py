@@ -1,0 +1,261 @@
+"""Who a matched comparison trains, and with which exact settings.
+
+A comparison is a grid of members (arm × scale × seed). An *arm* is either a model family of the
+scale table (`gpt2`, `modern`, `hybrid` when the recurrent family is installed) or a named variant
+declared in `compare.variants`: a base family plus model / train / data overrides (used by the
+ablation presets, e.g. the modern family with `positions="alibi"`).
+
+Every member of one comparison shares the data source, token budget, schedule and batch order:
+a member config is the comparison config with only the model, the seed, the tokenizer path and the
+arm's overrides replaced. The data order depends only on `seed`, so all arms at one seed index see
+identical batches. One tokenizer is built per distinct tokenizer spec (normally one per comparison,
+trained once into `<workdir>/tokenizer/`) and every member points at it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+
+from modernlm_jax.config_base import model_config_dict
+from modernlm_jax.model import ModelConfig
+from modernlm_jax.model import scales
+
+TOKENIZER_KINDS = ("auto", "gpt2", "sentencepiece", "bytes")
+# Train / data keys a variant may not touch: changing them would break the matched protocol.
+_PROTOCOL_TRAIN_KEYS = ("steps", "batch_size")
+_PROTOCOL_DATA_KEYS = ("source", "val_source", "seq_len")
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+  arm: str  # the results.json "family" label
+  family: str  # the scale-table family its model is built from
+  scale: str
+  seed: int
+
+  @property
+  def name(self) -> str:
+    return f"{self.arm}-{self.scale}-s{self.seed}"
+
+
+def parse_list(value: Any, what: str) -> list[str]:
+  """`"a, b"` or a sequence -> ["a", "b"]; empty entries are dropped."""
+  items = value.split(",") if isinstance(value, str) else list(value)
+  out = [str(x).strip() for x in items if str(x).strip()]
+  if not out:
+    raise ValueError(f"compare.{what} is empty; list at least one, e.g. --config.compare.{what}=...")
+  return out
+
+
+def parse_ints(value: Any, what: str) -> list[int]:
+  out = []
+  for item in parse_list(value, what):
+    try:
+      out.append(int(item))
+    except ValueError:
+      raise ValueError(f"compare.{what} must be comma-separated integers, got {value!r}") from None
+  return out
+
+
+def valid_scales() -> list[str]:
+  return [*scales.SCALES, *scales.DEV_SCALES]
+
+
+def valid_families() -> list[str]:
+  scales._ensure_builtin_families()  # the recurrent family registers itself on import
+  return list(scales.FAMILIES)
+
+
+def variant_names(config) -> list[str]:
+  return list((config.compare.get("variants") or {}).keys())
+
+
+def arm_family(config, arm: str) -> str:
+  variants = config.compare.get("variants") or {}
+  if arm in variants:
+    family = str(variants[arm].get("family", ""))
+    if family not in valid_families():
+      raise ValueError(f"compare.variants.{arm}.family={family!r} is not a model family; valid families: "
+                       f"{valid_families()}")
+    return family
+  if arm in valid_families():
+    return arm
+  raise ValueError(f"unknown family {arm!r} in compare.families; valid families: {valid_families()}"
+                   + (f"; variants defined in this config: {variant_names(config)}" if variant_names(config) else ""))
+
+
+def plan(config) -> list[Member]:
+  """The members in training order (scale, then seed, then arm), after validating every name."""
+  c = config.compare
+  arm_names = parse_list(c.families, "families")
+  scale_names = parse_list(c.scales, "scales")
+  seeds = parse_ints(c.seeds, "seeds")
+  bad_scales = [s for s in scale_names if s not in valid_scales()]
+  if bad_scales:
+    raise ValueError(f"unknown scale(s) {bad_scales} in compare.scales; valid scales: {valid_scales()}")
+  for what, values in (("families", arm_names), ("scales", scale_names), ("seeds", seeds)):
+    if len(set(values)) != len(values):
+      raise ValueError(f"compare.{what} lists a duplicate: {values}")
+  families = {arm: arm_family(config, arm) for arm in arm_names}
+  baseline = str(c.baseline)
+  if baseline not in arm_names:
+    raise ValueError(f"compare.baseline={baseline!r} is not one of compare.families {arm_names}")
+  for name in variant_names(config):
+    _check_variant_keys(config, name)
+  return [Member(arm, families[arm], scale, seed) for scale in scale_names for seed in seeds for arm in arm_names]
+
+
+def _check_variant_keys(config, name: str) -> None:
+  v = config.compare.variants[name]
+  unknown = sorted(set(v.keys()) - {"family", "model", "train", "data", "description"})
+  if unknown:
+    raise ValueError(f"compare.variants.{name} has unknown keys {unknown}; use family, model, train, data, description")
+  fixed = [f"train.{k}" for k in (v.get("train") or {}) if k in _PROTOCOL_TRAIN_KEYS]
+  fixed += [f"data.{k}" for k in (v.get("data") or {}) if k in _PROTOCOL_DATA_KEYS]
+  if fixed:
+    raise ValueError(f"compare.variants.{name} overrides {fixed}, which every member must share (the matched "
+                     "protocol); set them on the comparison itself (train.*, data.*)")
+
+
+# --------------------------------------------------------------------------- models
+
+
+def model_config(config, member: Member) -> ModelConfig:
+  """The scale-table model of the member's family, with the shared vocabulary and the arm's overrides."""
+  cfg = scales.preset(f"{member.family}-{member.scale}")
+  vocab = int(config.compare.vocab_size)
+  if vocab > 0:
+    cfg = cfg.replace(vocab_size=vocab)
+  variants = config.compare.get("variants") or {}
+  overrides = dict((variants[member.arm].get("model") or {}).items()) if member.arm in variants else {}
+  if overrides:
+    # Round-trips through from_dict so an unknown field is an error naming the valid ones.
+    cfg = ModelConfig.from_dict({**cfg.to_dict(), **overrides})
+  return cfg
+
+
+# --------------------------------------------------------------------------- tokenizers
+
+
+def tokenizer_settings(config, scale: str) -> dict:
+  """(kind, vocab_size) of the tokenizer every member at `scale` uses."""
+  kind = str(config.compare.tokenizer)
+  if kind not in TOKENIZER_KINDS:
+    raise ValueError(f"compare.tokenizer={kind!r} is not valid; choose one of {list(TOKENIZER_KINDS)}")
+  if kind == "auto":
+    kind = scales.preset_tokenizer(scale)
+  vocab = int(config.compare.vocab_size) or scales.preset(f"gpt2-{scale}").vocab_size
+  return {"kind": kind, "vocab_size": vocab if kind == "sentencepiece" else None}
+
+
+def build_shared_tokenizers(config, workdir: str | Path, scale_names: list[str]) -> dict[str, tuple[Any, Any]]:
+  """scale -> (tokenizer, tokenizer ConfigDict for member configs); each distinct spec is built once.
+
+  SentencePiece trains on the comparison's training split into `<workdir>/tokenizer/` (with several
+  vocabulary sizes in one comparison: `<workdir>/vocab-<V>/tokenizer/`) and is reloaded from there.
+  """
+  from modernlm_jax.data.pipeline import tokenizer_training_texts
+  from modernlm_jax.data.tokenizers import SP_MODEL_FILE, build_tokenizer
+
+  workdir = Path(workdir)
+  specs = {s: tokenizer_settings(config, s) for s in scale_names}
+  sp_vocabs = sorted({v["vocab_size"] for v in specs.values() if v["kind"] == "sentencepiece"})
+  built: dict[str, tuple[Any, Any]] = {}
+  out = {}
+  for scale, spec in specs.items():
+    key = json.dumps(spec, sort_keys=True)
+    if key not in built:
+      tok_cfg = ml_collections.ConfigDict(config.tokenizer.to_dict())
+      tok_cfg.kind = spec["kind"]
+      if spec["kind"] == "sentencepiece":
+        tok_cfg.vocab_size = spec["vocab_size"]
+        home = workdir if len(sp_vocabs) == 1 else workdir / f"vocab-{spec['vocab_size']}"
+        tok = build_tokenizer(tok_cfg, str(home), train_texts=tokenizer_training_texts(config.data))
+        tok_cfg.path = str((home / "tokenizer" / SP_MODEL_FILE).absolute())
+      else:
+        tok = build_tokenizer(tok_cfg, str(workdir))
+      built[key] = (tok, tok_cfg)
+    out[scale] = built[key]
+  return out
+
+
+# --------------------------------------------------------------------------- member configs
+
+
+def member_config(config, member: Member, tokenizer_cfg) -> ml_collections.ConfigDict:
+  """A pretraining config for one member: the comparison's settings with model, seed, tokenizer replaced."""
+  d = config.to_dict()
+  d.pop("compare", None)
+  m = ml_collections.ConfigDict(d)
+  m.task = "pretrain"
+  m.seed = int(member.seed)
+  m.preset = f"{member.family}-{member.scale}"
+  m.init_from = ""
+  m.tokenizer = ml_collections.ConfigDict(tokenizer_cfg.to_dict())
+  m.model = model_config_dict(model_config(config, member))
+  variants = config.compare.get("variants") or {}
+  if member.arm in variants:
+    v = variants[member.arm]
+    for section in ("train", "data"):
+      for key, value in (v.get(section) or {}).items():
+        if key not in m[section]:
+          raise ValueError(f"compare.variants.{member.arm}.{section}.{key} is not a {section} setting; valid: "
+                           f"{sorted(m[section].keys())}")
+        m[section][key] = value
+  return m
+
+
+def protocol(config, tokenizers: dict[str, tuple[Any, Any]]) -> dict:
+  """The `protocol` block of results.json: everything all members share."""
+  t, d = config.train, config.data
+  seq_len, batch = int(d.seq_len), int(t.batch_size)
+  idents = {scale: tok.identity for scale, (tok, _) in tokenizers.items()}
+  distinct = sorted(set(idents.values()))
+  proto: dict[str, Any] = {
+      "data_source": str(d.source) + (f" (validation: {d.val_source})" if d.val_source else ""),
+      "token_budget": int(t.steps) * batch * seq_len,
+      "schedule": {"kind": str(t.schedule), "steps": int(t.steps), "warmup_steps": int(t.warmup_steps),
+                   "max_lr": float(t.lr), "min_lr_ratio": float(t.min_lr_ratio)},
+      "batch_size": batch,
+      "seq_len": seq_len,
+      "seeds": parse_ints(config.compare.seeds, "seeds"),
+      "tokenizer": distinct[0] if len(distinct) == 1 else "; ".join(f"{s}: {i}" for s, i in idents.items()),
+      "baseline_family": str(config.compare.baseline),
+      "optimizer": {"name": "adamw", "b1": float(t.b1), "b2": float(t.b2), "weight_decay": float(t.weight_decay),
+                    "grad_clip": float(t.grad_clip)},
+      "batch_order": "identical for every family at a seed (data order depends only on the seed)",
+      "downstream_tasks": (f"suite {str(config.compare.suite)!r}" if str(config.compare.suite)
+                           else "not run: compare.suite is empty (set it to 'quick' or 'full' and compare.data_root)"),
+  }
+  if str(d.seq_len_schedule):
+    proto["seq_len_schedule"] = str(d.seq_len_schedule)
+  if str(config.compare.decision_scale):
+    proto["decision_scale"] = str(config.compare.decision_scale)
+  if len(distinct) > 1:
+    proto["tokenizer_note"] = "scales use different tokenizers: compare losses across scales in bits/byte"
+  variants = config.compare.get("variants") or {}
+  arms = parse_list(config.compare.families, "families")
+  described = {a: _describe_variant(variants[a]) for a in arms if a in variants}
+  if described:
+    proto["variants"] = described
+  dev = jax.devices()[0]
+  proto["hardware"] = f"{jax.device_count()}x {getattr(dev, 'device_kind', dev.platform)} ({dev.platform})"
+  return proto
+
+
+def _describe_variant(v) -> str:
+  parts = [f"family {v.get('family')}"]
+  for section in ("model", "train", "data"):
+    for key, value in (v.get(section) or {}).items():
+      parts.append(f"{section}.{key}={value!r}")
+  return ", ".join(parts)
+
+
+PROTOCOL_IDENTITY_KEYS = ("data_source", "token_budget", "schedule", "batch_size", "seq_len", "tokenizer",
+                          "optimizer", "seq_len_schedule")
