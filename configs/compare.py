@@ -75,7 +75,7 @@ def _smoke():
   c.compare.inference.update(dict(prefill_repeats=10, decode_repeats=3, decode_tokens=128,
                                   context_lengths="64,128,256", long_context_lengths="1024",
                                   context_repeats=5))
-  c.compare.smoke.update(dict(overfit_rows=2, overfit_steps=80))
+  c.compare.smoke.update(dict(overfit_rows=2, overfit_steps=100))
   return c
 
 
