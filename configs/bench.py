@@ -3,7 +3,8 @@
 Auto settings (0, or -1 for warmup) follow the backend: 16 × 1024 tokens, 20 timed steps after 3 warm-up
 steps on GPU/TPU; 4 × 128, 5 after 1 on CPU. The fast path is the default: bf16 compute (float32 master
 weights), the fastest attention kernel the options allow (cuDNN flash on GPU, splash on TPU, logged with
-the reason when it falls back), the vocabulary projection + cross-entropy in 256-position chunks. The
+the reason when it falls back), the vocabulary projection + cross-entropy fused with its gradient in 4096-token chunks
+(`train/fused_ce.py`). The
 bench.* knobs below override model.dtype / attention_impl / remat and train.loss_chunk.
 """
 
@@ -21,7 +22,7 @@ def bench_defaults() -> ml_collections.ConfigDict:
       seq_len=0,  # 0 = auto (min(1024, model.max_len) / 128)
       dtype="bfloat16",  # compute dtype; parameters and optimizer state stay float32
       attention_impl="auto",  # auto | cudnn | splash | xla | reference
-      loss_chunk=256,  # sequence positions per chunk of the vocabulary projection; 0 = full logits
+      loss_chunk=4096,  # tokens (of the flattened batch) per chunk of the fused vocabulary projection + loss; 0 = one chunk
       remat="none",  # none | full | dots | dots_no_batch
       profile_steps=0,  # >0: trace that many more steps to <workdir>/profile and print the top operations
       top_ops=20,

@@ -28,7 +28,7 @@ def train_defaults() -> ml_collections.ConfigDict:
       grad_clip=1.0,
       z_loss=0.0,
       sigreg_weight=0.0,  # SIGReg embedding regulariser (real part of the characteristic function); 0 = off
-      loss_chunk=0,  # tokens per vocabulary-projection chunk in the loss; 0 = whole batch at once
+      loss_chunk=8192,  # tokens per chunk of the fused vocabulary projection + loss (bounds logits memory); 0 = one chunk
       skip_nonfinite=False,  # True: skip a non-finite step and count it; False: stop the run
       log_every=10,
       eval_every=200,

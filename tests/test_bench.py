@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import jax
@@ -96,7 +97,7 @@ def test_gpu_preset_uses_the_fast_path(monkeypatch):
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
   r = bench.resolve(c)
   assert (r.train.batch_size, r.data.seq_len, r.bench.steps) == (16, 1024, 20)
-  assert (r.model.dtype, r.train.loss_chunk) == ("bfloat16", 256)
+  assert (r.model.dtype, r.train.loss_chunk) == ("bfloat16", 4096)
   objective = make_objective(r)
   assert objective.use_segment_ids is False
   kernel, reason = select_attention_impl(ModelConfig.from_dict(r.model), backend="gpu",
@@ -130,6 +131,22 @@ def test_top_ops_sums_by_hlo_op_and_falls_back_to_device_events():
   assert "gemm" in profile.format_top_ops(profile.top_ops(device_only))
 
 
+def test_op_families_add_up_per_layer_copies():
+  rows = [profile.OpTime("custom-call.36", 4, 9.0, 0.45), profile.OpTime("fusion.2", 1, 1.0, 0.05),
+          profile.OpTime("custom-call.85", 6, 6.0, 0.30), profile.OpTime("dot_product_attention_bwd.104", 2, 4.0, 0.2)]
+  fams = profile.op_families(rows)
+  assert [(f.name, f.count) for f in fams] == [("custom-call", 10), ("dot_product_attention_bwd", 2), ("fusion", 1)]
+  assert fams[0].total_ms == pytest.approx(15.0) and fams[0].share == pytest.approx(0.75)
+
+
+def test_profile_asks_for_op_level_gpu_traces(monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+  profile.prefer_op_level_trace()
+  assert os.environ["XLA_FLAGS"].endswith(profile.NO_COMMAND_BUFFERS)
+  profile.prefer_op_level_trace()  # idempotent
+  assert os.environ["XLA_FLAGS"].count(profile.NO_COMMAND_BUFFERS) == 1
+
+
 def test_find_trace_file_names_the_fix(tmp_path):
   with pytest.raises(FileNotFoundError, match="run a profile first"):
     profile.find_trace_file(tmp_path)
@@ -149,4 +166,6 @@ def test_profile_cli_summarises_an_existing_trace(profiled_bench, capsys):
   printed_rows = profile.main(["profile", f"--trace_dir={workdir / 'profile'}", "--top=3"])
   assert printed_rows == rows[:3]
   out = capsys.readouterr().out
-  assert rows[0].name[:20] in out and len([l for l in out.splitlines() if "%" in l]) == 3
+  top, families = out.split("by operation family:")
+  assert rows[0].name[:20] in top and len([l for l in top.splitlines() if "%" in l]) == 3
+  assert len([l for l in families.splitlines() if "%" in l]) == 3  # the family table honours --top too

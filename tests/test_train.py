@@ -137,6 +137,22 @@ def test_skip_nonfinite_counts_and_continues(tmp_path):
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(out["params"]))
 
 
+def test_nonfinite_guard_keeps_state_only_when_asked():
+  """The guard (needed to skip) keeps the old state; unguarded, the NaN reaches it and the loop must stop."""
+  cfg = tiny_config(steps=2, mesh=(1, 1, 1))
+  model_cfg = ModelConfig.from_dict(cfg.model)
+  opt = make_optimizer(cfg.train, jax.eval_shape(lambda: create_state(model_cfg, _Identity(), 0).params))
+  bad = {k: jnp.asarray(v) for k, v in PoisonedBatches(0, batch_size=2, seq_len=16, vocab_size=64).batch_at(0).items()}
+  leaves = lambda s: jax.tree_util.tree_leaves(s.params)
+  for guard in (True, False):
+    state = create_state(model_cfg, opt, 0)
+    new, m = jax.jit(make_train_step(make_objective(cfg), opt, learning_rate_schedule(cfg.train),
+                                     guard_nonfinite=guard))(state, bad)
+    assert not bool(m["finite"]) and int(new.skipped) == 1
+    kept = all(bool(jnp.array_equal(a, b)) for a, b in zip(leaves(new), leaves(state)))
+    assert kept == guard
+
+
 def test_workdir_with_other_model_is_refused_and_untouched(tmp_path):
   cfg = tiny_config(steps=2, checkpoint_every=2, mesh=(1, 1, 1))
   train(cfg, tmp_path, synthetic_stage(cfg))

@@ -155,7 +155,8 @@ def build(config, workdir: str | Path) -> BenchSetup:
   make_state = lambda: create_state(model_cfg, optimizer, int(c.seed))
   shardings = state_shardings(jax.eval_shape(make_state), model_cfg, mesh)
   state = jax.jit(make_state, out_shardings=shardings)()
-  step = jit_train_step(make_train_step(objective, optimizer, schedule, accum_steps=accum), shardings, mesh, accum)
+  step = jit_train_step(make_train_step(objective, optimizer, schedule, accum_steps=accum,
+                                       guard_nonfinite=bool(c.train.skip_nonfinite)), shardings, mesh, accum)
   batches = DevicePrefetcher(_train_iterator(c, workdir), mesh, accum_steps=accum, size=2)
   try:
     first, _ = next(batches)

@@ -115,7 +115,8 @@ def train(config, workdir: str | Path, stage: StageData, *, init_params_fn: Call
   schedule = learning_rate_schedule(t_cfg)
   state, shardings, start = _init_or_restore(config, model_cfg, optimizer, mesh, ckpt, stage, init_params_fn)
 
-  step_fn = jit_train_step(make_train_step(objective, optimizer, schedule, accum_steps=accum), shardings, mesh, accum)
+  step_fn = jit_train_step(make_train_step(objective, optimizer, schedule, accum_steps=accum,
+                                       guard_nonfinite=bool(t_cfg.skip_nonfinite)), shardings, mesh, accum)
   eval_step = make_eval_step(objective, mesh)
   eval_batches = [to_global(process_rows(b), mesh, 1) for b in stage.eval_batches]
   meta = {**identity, "tokenizer_identity": stage.tokenizer.identity, "config": json.loads(config.to_json_best_effort())}

@@ -13,31 +13,35 @@ import jax
 import jax.numpy as jnp
 
 from modernlm_jax.model import LanguageModel, ModelConfig, output_embedding
+from modernlm_jax.train.fused_ce import fused_cross_entropy, masked_logits, pad_vocab
 
 
 def cross_entropy_terms(hidden_BTD, w_DV, targets_BT, chunk: int = 0):
-  """(logsumexp, target logit) per position, float32.
+  """(logsumexp, target logit) per position, float32 — for losses that need per-token terms (DPO, eval).
 
-  With `chunk > 0`, the vocabulary projection runs over `chunk`-token slices under jax.checkpoint, so
-  neither forward nor backward ever holds float32 logits for the whole batch (50K vocab × B × T).
+  With `chunk > 0`, the vocabulary projection runs over `chunk`-token slices of the flattened batch under
+  jax.checkpoint, so neither forward nor backward ever holds float32 logits for the whole batch. The
+  next-token objective uses `fused_ce.fused_cross_entropy` instead, which also skips the recompute.
   """
-  def terms(h, t):
-    logits = jnp.einsum("...d,dv->...v", h, w_DV.astype(h.dtype), preferred_element_type=jnp.float32)
-    lse = jax.nn.logsumexp(logits, axis=-1)
-    return lse, jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0]
-
   B, T, D = hidden_BTD.shape
-  if chunk <= 0 or chunk >= T:
-    return terms(hidden_BTD, targets_BT)
-  pad = (-T) % chunk
-  h = jnp.pad(hidden_BTD, ((0, 0), (0, pad), (0, 0)))
-  t = jnp.pad(targets_BT, ((0, 0), (0, pad)))
-  n = (T + pad) // chunk
-  h_NBCD = h.reshape(B, n, chunk, D).transpose(1, 0, 2, 3)
-  t_NBC = t.reshape(B, n, chunk).transpose(1, 0, 2)
-  lse, tl = jax.lax.map(lambda args: jax.checkpoint(terms)(*args), (h_NBCD, t_NBC))
-  unchunk = lambda x: x.transpose(1, 0, 2).reshape(B, T + pad)[:, :T]
-  return unchunk(lse), unchunk(tl)
+  w, V = pad_vocab(w_DV, hidden_BTD.dtype)
+
+  def terms(h_ND, t_N):
+    logits = masked_logits(h_ND, w, V)
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    return lse, jnp.take_along_axis(logits, t_N[:, None], axis=-1)[:, 0]
+
+  h_ND, t_N = hidden_BTD.reshape(B * T, D), targets_BT.reshape(B * T)
+  if chunk <= 0 or chunk >= B * T:
+    lse, tl = terms(h_ND, t_N)
+  else:
+    n = -(-(B * T) // chunk)
+    pad = n * chunk - B * T
+    h_NCD = jnp.pad(h_ND, ((0, pad), (0, 0))).reshape(n, chunk, D)
+    t_NC = jnp.pad(t_N, (0, pad)).reshape(n, chunk)
+    lse, tl = jax.lax.map(lambda args: jax.checkpoint(terms)(*args), (h_NCD, t_NC))
+    lse, tl = lse.reshape(-1)[:B * T], tl.reshape(-1)[:B * T]
+  return lse.reshape(B, T), tl.reshape(B, T)
 
 
 def sigreg_real(h_ND, rng, num_directions: int = 64, num_points: int = 17, t_max: float = 4.0):
@@ -84,15 +88,12 @@ class NextTokenObjective:
 
   def loss_sums(self, params, batch, rng, extra=None) -> tuple[jax.Array, dict[str, Any]]:
     h = self.hidden(params, batch)
-    lse, target_logit = cross_entropy_terms(h, output_embedding(params, self.model_cfg), batch["targets"],
-                                            self.loss_chunk)
-    mask = batch["loss_mask"].astype(jnp.float32)
-    nll_sum = jnp.sum((lse - target_logit) * mask)
+    D = h.shape[-1]
+    total, nll_sum, z = fused_cross_entropy(h.reshape(-1, D), output_embedding(params, self.model_cfg),
+                                            batch["targets"].reshape(-1), batch["loss_mask"].reshape(-1),
+                                            self.loss_chunk, float(self.z_loss))
     metrics = {"loss": nll_sum}
-    total = nll_sum
     if self.z_loss:
-      z = jnp.sum(jnp.square(lse) * mask)
-      total = total + self.z_loss * z
       metrics["z_loss"] = z
     if self.sigreg_weight:
       # Scaled by the weight so it acts per token after the division by the batch weight.

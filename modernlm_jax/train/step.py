@@ -64,8 +64,14 @@ def _tree_where(pred, new, old):
   return jax.tree_util.tree_map(lambda n, o: jnp.where(pred, n, o), new, old)
 
 
-def make_train_step(objective, optimizer, schedule, *, accum_steps: int = 1):
-  """Returns an un-jitted step; `jit_train_step` adds shardings and donation."""
+def make_train_step(objective, optimizer, schedule, *, accum_steps: int = 1, guard_nonfinite: bool = True):
+  """Returns an un-jitted step; `jit_train_step` adds shardings and donation.
+
+  `guard_nonfinite=True` keeps the old parameters and optimizer state when the loss or gradient norm is
+  not finite (needed to *skip* such steps). The training loop passes `train.skip_nonfinite`: when it
+  stops on the first non-finite step instead, that state is never saved or used, and leaving the guard
+  out saves a select over every parameter and moment (about 1.5 ms per step for GPT-2 124M on an H100).
+  """
 
   def step_fn(state: TrainState, batch):
     weight = jnp.maximum(objective.weight(batch), 1.0)  # over all micro-batches: exact accumulation
@@ -93,11 +99,11 @@ def make_train_step(objective, optimizer, schedule, *, accum_steps: int = 1):
     updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    new_state = state.replace(
-        step=state.step + 1,
-        params=_tree_where(finite, new_params, state.params),
-        opt_state=_tree_where(finite, new_opt_state, state.opt_state),
-        skipped=state.skipped + (~finite).astype(jnp.int32))
+    if guard_nonfinite:
+      new_params = _tree_where(finite, new_params, state.params)
+      new_opt_state = _tree_where(finite, new_opt_state, state.opt_state)
+    new_state = state.replace(step=state.step + 1, params=new_params, opt_state=new_opt_state,
+                              skipped=state.skipped + (~finite).astype(jnp.int32))
     metrics = {k: v / weight for k, v in sums.items()}
     metrics.update(objective_loss=loss, grad_norm=grad_norm, lr=schedule(state.step), finite=finite,
                    skipped=new_state.skipped, weight=weight)
