@@ -28,21 +28,8 @@ Example:
 EOF
 }
 
-die_usage() { echo "error: $1" >&2; usage >&2; exit 2; }
-
-shell_quote() {
-  local out=() a
-  for a in "$@"; do
-    if [[ $a =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then out+=("$a"); else out+=("'${a//\'/\'\\\'\'}'"); fi
-  done
-  echo "${out[*]}"
-}
-
-DRY_RUN=0
-run() {
-  echo "+ $(shell_quote "$@")"
-  if [[ $DRY_RUN == 0 ]]; then "$@"; fi
-}
+# shellcheck source=launch/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 WORKDIR="" CONFIG="configs/pretrain.py" PRESET="" GPUS="" VENV="" PYTHON="python3" MEM_FRACTION="" SKIP_INSTALL=0
 MAIN_FLAGS=()
@@ -56,7 +43,7 @@ while [[ $# -gt 0 ]]; do
     --python) PYTHON="${2:?--python needs a value}"; shift 2 ;;
     --mem-fraction) MEM_FRACTION="${2:?--mem-fraction needs a value}"; shift 2 ;;
     --skip-install) SKIP_INSTALL=1; shift ;;
-    --dry-run) DRY_RUN=1; shift ;;
+    --dry-run) enable_dry_run; shift ;;
     -h|--help) usage; exit 0 ;;
     --) shift; MAIN_FLAGS=("$@"); break ;;
     *) die_usage "unknown argument '$1' (flags for the training program go after --)" ;;

@@ -48,21 +48,8 @@ Examples:
 EOF
 }
 
-die_usage() { echo "error: $1" >&2; usage >&2; exit 2; }
-
-shell_quote() {
-  local out=() a
-  for a in "$@"; do
-    if [[ $a =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then out+=("$a"); else out+=("'${a//\'/\'\\\'\'}'"); fi
-  done
-  echo "${out[*]}"
-}
-
-DRY_RUN=0
-run() {
-  echo "+ $(shell_quote "$@")"
-  if [[ $DRY_RUN == 0 ]]; then "$@"; fi
-}
+# shellcheck source=launch/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 MODE="" WORKDIR="" NODES="" GPUS_PER_NODE=8 PARTITION="" ACCOUNT="" TIME_LIMIT="24:00:00" JOB_NAME="modernlm_jax"
@@ -90,7 +77,7 @@ while [[ $# -gt 0 ]]; do
     --python) PYTHON="${2:?--python needs a value}"; shift 2 ;;
     --log-dir) LOG_DIR="${2:?--log-dir needs a value}"; shift 2 ;;
     --skip-install) SKIP_INSTALL=1; shift ;;
-    --dry-run) DRY_RUN=1; shift ;;
+    --dry-run) enable_dry_run; shift ;;
     -h|--help) usage; exit 0 ;;
     --) shift; MAIN_FLAGS=("$@"); break ;;
     *) die_usage "unknown argument '$1' (flags for the training program go after --)" ;;

@@ -37,22 +37,8 @@ Example:
 EOF
 }
 
-die_usage() { echo "error: $1" >&2; usage >&2; exit 2; }
-
-# Prints a command so it can be pasted into a shell; safe words are left bare, everything else single-quoted.
-shell_quote() {
-  local out=() a
-  for a in "$@"; do
-    if [[ $a =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then out+=("$a"); else out+=("'${a//\'/\'\\\'\'}'"); fi
-  done
-  echo "${out[*]}"
-}
-
-DRY_RUN=0
-run() {
-  echo "+ $(shell_quote "$@")"
-  if [[ $DRY_RUN == 0 ]]; then "$@"; fi
-}
+# shellcheck source=launch/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 NAME="" ZONE="" WORKDIR="" PROJECT="" ACCELERATOR="v4-8" VERSION="tpu-ubuntu2204-base" SPOT=0
 CONFIG="configs/pretrain.py" PRESET="" REPO_URL="" BRANCH="" REMOTE_DIR="modernlm_jax" STEPS="create,copy,install,run"
@@ -72,7 +58,7 @@ while [[ $# -gt 0 ]]; do
     --branch) BRANCH="${2:?--branch needs a value}"; shift 2 ;;
     --remote-dir) REMOTE_DIR="${2:?--remote-dir needs a value}"; shift 2 ;;
     --steps) STEPS="${2:?--steps needs a value}"; shift 2 ;;
-    --dry-run) DRY_RUN=1; shift ;;
+    --dry-run) enable_dry_run; shift ;;
     -h|--help) usage; exit 0 ;;
     --) shift; MAIN_FLAGS=("$@"); break ;;
     *) die_usage "unknown argument '$1' (flags for the training program go after --)" ;;

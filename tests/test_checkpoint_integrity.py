@@ -61,6 +61,14 @@ def empty_array_file(step_dir: Path) -> None:
   os.truncate(largest_array_file(step_dir), 0)
 
 
+def flip_bit_in_array_file(step_dir: Path) -> None:
+  """One flipped bit in the middle of the largest array file: the file still reads, the numbers differ."""
+  path = largest_array_file(step_dir)
+  data = bytearray(path.read_bytes())
+  data[len(data) // 2] ^= 0x10
+  path.write_bytes(bytes(data))
+
+
 def garbage_data_state(step_dir: Path) -> None:
   (step_dir / "data" / "metadata").write_text('{"version": 1, "step": ')
 
@@ -80,6 +88,7 @@ def missing_item(name: str):
 FAULTS = {  # fault -> a phrase of the reason the refusal must give
     "truncated_array_file": (truncate_array_file, "error while reading"),
     "emptied_array_file": (empty_array_file, "error while reading"),
+    "flipped_bit_in_array_file": (flip_bit_in_array_file, "fingerprint mismatch"),
     "missing_state_item": (missing_item("state"), 'Item "state" was not found'),
     "missing_meta_item": (missing_item("meta"), 'Item "meta" was not found'),
     "missing_data_item": (missing_item("data"), 'Item "data" was not found'),
@@ -179,3 +188,22 @@ def test_resume_with_other_tokenizer_or_data_is_refused_and_checkpoints_unchange
   with pytest.raises((ckpt_lib.CheckpointError, ValueError), match=expected):
     train(config, workdir, stage)
   assert tree_digest(workdir / "checkpoints") == before
+
+
+def test_fingerprints_catch_every_single_bit_flip_and_check_only_the_given_part():
+  import jax.numpy as jnp
+  import numpy as np
+
+  state = {"params": {"w": jnp.linspace(-1, 1, 64, dtype=jnp.float32).reshape(8, 8), "b": jnp.ones(3, jnp.bfloat16)},
+           "step": jnp.array(7, jnp.int32)}
+  meta = {"fingerprints": ckpt_lib.fingerprints(state)}
+  ckpt_lib.verify_fingerprints(state, meta, "same")  # unchanged: passes
+  ckpt_lib.verify_fingerprints({"params": state["params"]}, meta, "part")  # a part of the saved tree: passes
+  ckpt_lib.verify_fingerprints(state, {}, "old checkpoint without fingerprints")  # nothing recorded: passes
+  words = np.asarray(state["params"]["w"]).view(np.uint32)
+  for bit in range(32):
+    flipped = words.copy()
+    flipped[3, 5] ^= np.uint32(1 << bit)
+    damaged = {"params": {**state["params"], "w": jnp.asarray(flipped.view(np.float32))}}
+    with pytest.raises(ckpt_lib.CheckpointError, match=r"fingerprint mismatch in 1 array\(s\): \['params'\]\['w'\]"):
+      ckpt_lib.verify_fingerprints(damaged, meta, "flipped")

@@ -45,12 +45,11 @@ import grain
 import ml_collections
 import numpy as np
 
-from modernlm_jax.data import sources, token_cache
+from modernlm_jax.data import iterator_state, sources, token_cache
 from modernlm_jax.data.tokenizers import Tokenizer
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 1
 _DOCS_KEY = 0x646F6373  # "docs": document order within an epoch
 _BLOCKS_KEY = 0x626C6B73  # "blks": block order within an epoch
 _EVAL_MIX_SEED = 0  # validation mixtures never depend on the training seed
@@ -410,18 +409,11 @@ class TrainIterator:
         return batch
 
     def get_state(self) -> dict[str, Any]:
-        return {"version": STATE_VERSION, "step": self._step, **self._fingerprint}
+        return iterator_state.make_state(self._step, self._fingerprint)
 
     def set_state(self, state: dict[str, Any]) -> None:
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"data iterator state version {state.get('version')} is not {STATE_VERSION}")
-        changed = {k: (state.get(k), v) for k, v in self._fingerprint.items() if state.get(k) != v}
-        if changed:
-            raise ValueError(
-                "the saved data iterator state does not match this data pipeline (saved, now): "
-                f"{changed}; restore with the same seed, global batch size and data config, or start a new run"
-            )
-        self._restart(int(state["step"]))
+        self._restart(iterator_state.restored_step(
+            state, self._fingerprint, "restore with the same seed, global batch size and data config, or start a new run"))
 
     def close(self) -> None:
         if self._grain_iter is not None:

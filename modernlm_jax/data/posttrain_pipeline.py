@@ -37,13 +37,12 @@ from typing import Any, Sequence
 import ml_collections
 import numpy as np
 
-from modernlm_jax.data import formats
+from modernlm_jax.data import formats, iterator_state
 from modernlm_jax.data.sources import seeded_permutation
 from modernlm_jax.data.tokenizers import Tokenizer
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 1
 _ORDER_KEY = 0x70747261  # "ptra": example order within an epoch
 PACK_WINDOW = 256  # open rows first fit searches; bounds packing cost at O(N * PACK_WINDOW) per epoch
 _KEYS = ("inputs", "targets", "positions", "segment_ids", "loss_mask")
@@ -290,18 +289,12 @@ class PostTrainIterator:
         return batch
 
     def get_state(self) -> dict[str, Any]:
-        return {"version": STATE_VERSION, "step": self._step, **self._fingerprint}
+        return iterator_state.make_state(self._step, self._fingerprint)
 
     def set_state(self, state: dict[str, Any]) -> None:
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"data iterator state version {state.get('version')} is not {STATE_VERSION}")
-        changed = {k: (state.get(k), v) for k, v in self._fingerprint.items() if state.get(k) != v}
-        if changed:
-            raise ValueError(
-                "the saved data iterator state does not match this data (saved, now): "
-                f"{changed}; resume with the same seed, batch size, data files, tokenizer and data config, or start "
-                "a new run in a new --workdir")
-        self._step = int(state["step"])
+        self._step = iterator_state.restored_step(
+            state, self._fingerprint, "resume with the same seed, batch size, data files, tokenizer and data config, "
+            "or start a new run in a new --workdir")
 
     def close(self) -> None:
         pass

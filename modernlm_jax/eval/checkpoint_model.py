@@ -162,7 +162,11 @@ def _read_checkpoint(ckpt_dir: Path, step: int | None) -> tuple[dict, dict, int]
     restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
                                                           meta=ocp.args.JsonRestore()))
     mngr.close()
-    return restored["state"]["params"], dict(restored["meta"] or {}), int(step)
+    from modernlm_jax.train.checkpoint import verify_fingerprints
+
+    params = restored["state"]["params"]
+    verify_fingerprints({"params": params}, restored["meta"], f"{ckpt_dir} step {step}")
+    return params, dict(restored["meta"] or {}), int(step)
 
 
 def _tokenizer_from_cfg(tok_cfg: Mapping[str, Any], run_dir: Path | None):

@@ -4,6 +4,11 @@ Saves are asynchronous and atomic (orbax writes into a temporary directory and r
 save is committed), so a run killed mid-save never leaves a checkpoint that looks complete. Restore
 walks back from the newest step when one is unreadable, and refuses to start fresh when checkpoints
 exist but none can be read: existing work is never silently overwritten.
+
+Orbax checks the structure of what it reads, not the bytes of the arrays: a flipped bit on disk would
+load as a slightly different model. So every save also stores, in its metadata, a fingerprint per
+array (a position-weighted wrapping sum of its bit patterns, computed on device: one pass over the
+state, any single flipped bit changes it), and every restore recomputes and compares them.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 from modernlm_jax.train.step import TrainState
@@ -21,6 +28,46 @@ from modernlm_jax.train.step import TrainState
 
 class CheckpointError(RuntimeError):
   pass
+
+
+_ODD_MULTIPLIER = 0x9E3779B1  # odd weights: a flipped bit k changes the sum by an odd multiple of 2**k (mod 2**32)
+
+
+def _leaf_fingerprint(x):
+  x = jnp.asarray(x)
+  if x.dtype == jnp.bool_:
+    x = x.astype(jnp.uint8)
+  bits = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[x.dtype.itemsize]
+  u = jax.lax.bitcast_convert_type(x, bits).astype(jnp.uint32).reshape(-1)  # 8-byte items give two words
+  weights = (jnp.arange(u.size, dtype=jnp.uint32) * jnp.uint32(_ODD_MULTIPLIER)) | jnp.uint32(1)
+  return jnp.sum(u * weights, dtype=jnp.uint32)  # integer sums wrap: the same on any sharding or order
+
+
+_fingerprint_tree = jax.jit(lambda tree: jax.tree_util.tree_map(_leaf_fingerprint, tree))
+
+
+def fingerprints(tree) -> dict[str, int]:
+  """Array path -> fingerprint, for every leaf of `tree` (works on sharded multi-host arrays too)."""
+  out = _fingerprint_tree(tree)
+  return {jax.tree_util.keystr(path): int(np.asarray(v.addressable_data(0) if hasattr(v, "addressable_data") else v))
+          for path, v in jax.tree_util.tree_leaves_with_path(out)}
+
+
+def verify_fingerprints(tree, meta: dict | None, where: str) -> None:
+  """Raises CheckpointError naming the arrays whose contents differ from what the save recorded.
+
+  `tree` may be a part of the saved state (e.g. {"params": ...}): only its arrays are compared.
+  Checkpoints written before fingerprints existed carry none and pass.
+  """
+  saved = (meta or {}).get("fingerprints")
+  if not saved:
+    return
+  now = fingerprints(tree)
+  bad = sorted(k for k, v in now.items() if k in saved and saved[k] != v)
+  if bad:
+    raise CheckpointError(f"{where}: array contents differ from what was saved (fingerprint mismatch in "
+                          f"{len(bad)} array(s): {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}): "
+                          "the files were damaged after the save")
 
 
 def _state_tree(state: TrainState) -> dict:
@@ -52,8 +99,10 @@ class Checkpointer:
     return self.manager.latest_step()
 
   def save(self, step: int, state: TrainState, data_state: dict, meta: dict, *, force: bool = False) -> None:
+    tree = _state_tree(state)
+    meta = {**meta, "fingerprints": fingerprints(tree)}
     self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(_state_tree(state)),
+        state=ocp.args.StandardSave(tree),
         data=ocp.args.JsonSave(data_state or {}),
         meta=ocp.args.JsonSave(meta)), force=force)
 
@@ -86,6 +135,7 @@ class Checkpointer:
             state=ocp.args.StandardRestore(_state_tree(abstract_state)),
             data=ocp.args.JsonRestore(),
             meta=ocp.args.JsonRestore()))
+        verify_fingerprints(restored["state"], restored["meta"], f"checkpoint step {s}")
       except Exception as e:  # noqa: BLE001 - any unreadable checkpoint falls back to the previous one
         logging.warning("checkpoint at step %s in %s is unreadable (%s: %s); trying an older one",
                         s, self.directory, type(e).__name__, str(e)[:300])

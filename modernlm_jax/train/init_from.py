@@ -26,7 +26,11 @@ def _load_checkpoint_params(ckpt_dir: Path, step: int | None) -> tuple[dict, dic
   if step is None:
     raise InitFromError(f"init_from={ckpt_dir} holds no finished checkpoint; train that stage first")
   restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
-  return restored["state"]["params"], restored["meta"]
+  from modernlm_jax.train.checkpoint import verify_fingerprints
+
+  params = restored["state"]["params"]
+  verify_fingerprints({"params": params}, restored["meta"], f"init_from={ckpt_dir} step {step}")
+  return params, restored["meta"]
 
 
 def load_params(path: str) -> tuple[dict, dict]:
