@@ -145,3 +145,15 @@ def test_dpo_overfits_64_pairs_reward_accuracy_from_half_to_95_percent():
   assert abs(accuracies[0] - 0.5) < 0.05, accuracies[:3]
   assert accuracies[-1] >= 0.95, accuracies[-5:]
   assert float(m["loss"]) < math.log(2.0)
+
+
+def test_validation_reports_perplexity_only_for_token_losses():
+  from modernlm_jax.train.dpo import DPOObjective
+  from modernlm_jax.train.loop import evaluate
+
+  fake_step = lambda params, batch, ref: ({"loss": jnp.float32(2.0 * batch), "accuracy": jnp.float32(batch)},
+                                          jnp.float32(batch))
+  token = evaluate(fake_step, None, [1.0, 3.0])
+  assert token["val_loss"] == pytest.approx(2.0) and token["val_ppl"] == pytest.approx(np.exp(2.0))
+  pairs = evaluate(fake_step, None, [1.0, 3.0], loss_is_token_nll=DPOObjective.loss_is_token_nll)
+  assert "val_ppl" not in pairs and pairs["val_accuracy"] == pytest.approx(1.0)

@@ -193,6 +193,34 @@ def test_eval_batches_pad_with_rows_that_weigh_nothing(dpo_data, sft_data):
 
 
 @pytest.mark.shared_data
+def test_tokenized_examples_are_cached_and_rebuilt_when_the_file_changes(tmp_path, token_cache_dir, monkeypatch,
+                                                                          caplog):
+    path = write_pairs(tmp_path / "pairs.jsonl", 20)
+    cfg = data_cfg("dpo", path)
+    first = ptp.load_posttrain_data(cfg, TOK, "dpo")
+    entries = list((token_cache_dir / "posttrain").glob("dpo-*.pkl"))
+    assert len(entries) == 1
+
+    def must_not_tokenize(*args):
+        raise AssertionError("a cache hit must not read or tokenize the source")
+
+    monkeypatch.setattr(ptp, "_read_and_tokenize", must_not_tokenize)
+    again = ptp.load_posttrain_data(cfg, TOK, "dpo")
+    assert again.data_id == first.data_id and again.stats == first.stats
+    assert all(np.array_equal(a.chosen, b.chosen) for a, b in zip(again.train, first.train))
+    monkeypatch.undo()
+    monkeypatch.setenv("MODERNLM_CACHE", str(token_cache_dir))
+
+    write_pairs(path, 24, seed=1)  # edited file: a new key, tokenized again
+    changed = ptp.load_posttrain_data(cfg, TOK, "dpo")
+    assert changed.data_id != first.data_id and len(list((token_cache_dir / "posttrain").glob("dpo-*.pkl"))) == 2
+
+    newest = max((token_cache_dir / "posttrain").glob("dpo-*.pkl"), key=lambda p: p.stat().st_mtime_ns)
+    newest.write_bytes(b"not a pickle")  # a damaged entry is rebuilt with a warning, never trusted
+    rebuilt = ptp.load_posttrain_data(cfg, TOK, "dpo")
+    assert rebuilt.data_id == changed.data_id and "unreadable" in caplog.text
+
+
 def test_shared_alpaca_and_hh_rlhf_subsets_load(shared_data_dir):
     sft = ptp.load_posttrain_data(data_cfg("sft", shared_data_dir / "alpaca" / "alpaca_5000.json", seq_len=256,
                                            val_min_records=64), TOK, "sft")

@@ -37,7 +37,7 @@ from typing import Any, Sequence
 import ml_collections
 import numpy as np
 
-from modernlm_jax.data import formats, iterator_state
+from modernlm_jax.data import formats, iterator_state, posttrain_cache
 from modernlm_jax.data.sources import seeded_permutation
 from modernlm_jax.data.tokenizers import Tokenizer
 
@@ -71,6 +71,7 @@ def default_posttrain_data_config(kind: str) -> ml_collections.ConfigDict:
         "skip_bad_rows": False,  # True: skip and count malformed records instead of failing
         "val_fraction": 0.05,
         "val_min_records": 64,
+        "cache_dir": "",  # tokenized examples are cached here; "" -> $MODERNLM_CACHE or ~/.cache/modernlm_jax
     })
 
 
@@ -100,8 +101,16 @@ def _held_out(examples: Sequence, fraction: float, minimum: int) -> tuple[list, 
     return [examples[i] for i in range(n) if not is_val[i]], [examples[i] for i in rank[:n_val]]
 
 
-def load_posttrain_data(data_cfg: Any, tokenizer: Tokenizer, kind: str) -> PostTrainData:
-    """Reads, splits and tokenizes ``data_cfg.source`` for SFT or DPO."""
+def load_posttrain_data(data_cfg: Any, tokenizer: Tokenizer, kind: str, *, use_cache: bool = True) -> PostTrainData:
+    """Reads, splits and tokenizes ``data_cfg.source`` for SFT or DPO (from the on-disk cache when the same
+    files, settings and tokenizer were seen before: ``posttrain_cache``)."""
+    if not use_cache:
+        return _read_and_tokenize(data_cfg, tokenizer, kind)
+    return posttrain_cache.load_or_build(data_cfg, tokenizer.identity, kind,
+                                         lambda: _read_and_tokenize(data_cfg, tokenizer, kind))
+
+
+def _read_and_tokenize(data_cfg: Any, tokenizer: Tokenizer, kind: str) -> PostTrainData:
     seq_len = int(data_cfg.seq_len)
     if seq_len < 2:
         raise ValueError(f"data.seq_len must be >= 2, got {seq_len}")

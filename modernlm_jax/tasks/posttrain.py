@@ -13,13 +13,12 @@ import shutil
 from pathlib import Path
 
 import jax
-import orbax.checkpoint as ocp
 
 from modernlm_jax.data import posttrain_pipeline as ptp
 from modernlm_jax.data.formats import alpaca_prompt
 from modernlm_jax.data.tokenizers import SP_MODEL_FILE, SP_SETTINGS_FILE, build_tokenizer, check_vocab_fits
 from modernlm_jax.model import ModelConfig
-from modernlm_jax.train.init_from import InitFromError, make_init_params_fn
+from modernlm_jax.train.init_from import InitFromError, make_init_params_fn, read_meta
 from modernlm_jax.train.loop import StageData, train
 
 STAGES = {"sft": "sft", "dpo": "dpo"}  # task -> objective
@@ -28,25 +27,6 @@ STAGES = {"sft": "sft", "dpo": "dpo"}  # task -> objective
 def _run_dirs(init_from: Path) -> list[Path]:
   """The directories a run's files may be in: the path itself, or the run above a checkpoint step."""
   return [init_from, init_from.parent, init_from.parent.parent]
-
-
-def read_init_meta(init_from: str) -> dict:
-  """The init_from checkpoint's metadata (model, tokenizer identity, config); {} for exported params."""
-  p = Path(init_from).expanduser()
-  if (p / "params.msgpack").exists():
-    return {}
-  if (p / "checkpoints").is_dir():
-    directory, step = p / "checkpoints", None
-  elif p.name.isdigit() and p.parent.is_dir():
-    directory, step = p.parent, int(p.name)
-  else:
-    directory, step = p, None
-  mngr = ocp.CheckpointManager(directory.absolute(), item_names=("state", "data", "meta"),
-                               options=ocp.CheckpointManagerOptions(read_only=True))
-  step = mngr.latest_step() if step is None else step
-  if step is None:
-    raise InitFromError(f"init_from={init_from} holds no finished checkpoint; train that stage first")
-  return dict(mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"] or {})
 
 
 def init_from_tokenizer(config, workdir: str | Path, meta: dict, source: str | Path | None = None):
@@ -153,7 +133,7 @@ def run(config, workdir: str | Path) -> dict:
   else:
     init_fn = make_init_params_fn(str(config.init_from), config.model.to_dict())  # checks path and model first
     source = Path(str(config.init_from))
-  meta = read_init_meta(str(source))
+  meta = read_meta(str(source))
   tokenizer = init_from_tokenizer(config, workdir, meta, source)
   stage, data = posttrain_stage(config, workdir, tokenizer)
   final = train(config, workdir, stage, init_params_fn=init_fn)

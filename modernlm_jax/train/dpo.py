@@ -70,6 +70,7 @@ class DPOObjective:
   beta: float = 0.1
   loss_chunk: int = 0
   name: str = "dpo"
+  loss_is_token_nll: bool = False  # the loop reports no val_ppl for it
 
   def weight(self, batch) -> jax.Array:
     return jnp.sum(real_pairs(batch))

@@ -19,39 +19,59 @@ class InitFromError(ValueError):
   pass
 
 
-def _load_checkpoint_params(ckpt_dir: Path, step: int | None) -> tuple[dict, dict]:
-  mngr = ocp.CheckpointManager(ckpt_dir.absolute(), item_names=("state", "data", "meta"),
-                               options=ocp.CheckpointManagerOptions(read_only=True))
-  step = mngr.latest_step() if step is None else step
-  if step is None:
-    raise InitFromError(f"init_from={ckpt_dir} holds no finished checkpoint; train that stage first")
-  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
-  from modernlm_jax.train.checkpoint import verify_fingerprints
-
-  params = restored["state"]["params"]
-  verify_fingerprints({"params": params}, restored["meta"], f"init_from={ckpt_dir} step {step}")
-  return params, restored["meta"]
-
-
-def load_params(path: str) -> tuple[dict, dict]:
-  """(params as host arrays, metadata with at least `model`) from any supported location."""
+def checkpoint_location(path: str) -> tuple[Path, int | None] | None:
+  """(checkpoint directory, step or None = newest) for a run directory, its checkpoints/ or one
+  checkpoints/<step>; None for an exported params folder (params.msgpack + model_config.json)."""
   p = Path(path).expanduser()
   if not p.exists():
     raise InitFromError(f"init_from={path!r} does not exist; point it at a run directory (with checkpoints/) "
                         "or an exported params directory")
   if (p / "params.msgpack").exists():
+    return None
+  if (p / "checkpoints").is_dir():
+    return p / "checkpoints", None
+  if p.name.isdigit() and p.parent.is_dir():
+    return p.parent, int(p.name)
+  if any(c.name.isdigit() for c in p.iterdir()):
+    return p, None
+  raise InitFromError(f"init_from={path!r} holds neither checkpoints/ nor params.msgpack; nothing to start from")
+
+
+def _open_step(ckpt_dir: Path, step: int | None):
+  mngr = ocp.CheckpointManager(ckpt_dir.absolute(), item_names=("state", "data", "meta"),
+                               options=ocp.CheckpointManagerOptions(read_only=True))
+  step = mngr.latest_step() if step is None else step
+  if step is None:
+    raise InitFromError(f"init_from={ckpt_dir} holds no finished checkpoint; train that stage first")
+  return mngr, step
+
+
+def read_meta(path: str) -> dict:
+  """The checkpoint metadata (model, tokenizer identity, config) at `path`; {} for exported params."""
+  location = checkpoint_location(path)
+  if location is None:
+    return {}
+  mngr, step = _open_step(*location)
+  return dict(mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"] or {})
+
+
+def load_params(path: str) -> tuple[dict, dict]:
+  """(params as host arrays, metadata with at least `model`) from any supported location."""
+  location = checkpoint_location(path)
+  if location is None:
+    p = Path(path).expanduser()
     cfg_file = p / "model_config.json"
     if not cfg_file.exists():
       raise InitFromError(f"{p} has params.msgpack but no model_config.json next to it")
     params = flax.serialization.msgpack_restore((p / "params.msgpack").read_bytes())
     return params, {"model": json.loads(cfg_file.read_text())}
-  if (p / "checkpoints").is_dir():
-    return _load_checkpoint_params(p / "checkpoints", None)
-  if p.name.isdigit() and p.parent.is_dir():
-    return _load_checkpoint_params(p.parent, int(p.name))
-  if any(c.name.isdigit() for c in p.iterdir()):
-    return _load_checkpoint_params(p, None)
-  raise InitFromError(f"init_from={path!r} holds neither checkpoints/ nor params.msgpack; nothing to start from")
+  mngr, step = _open_step(*location)
+  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+  from modernlm_jax.train.checkpoint import verify_fingerprints
+
+  params = restored["state"]["params"]
+  verify_fingerprints({"params": params}, restored["meta"], f"init_from={location[0]} step {step}")
+  return params, restored["meta"]
 
 
 def check_same_model(stored_model: dict, model_dict: dict, path: str) -> None:

@@ -50,7 +50,9 @@ def _host_metrics(m: dict) -> dict[str, float]:
   return {k: float(v) for k, v in jax.device_get(m).items()}
 
 
-def evaluate(eval_step, params, batches, ref_params=None) -> dict[str, float]:
+def evaluate(eval_step, params, batches, ref_params=None, *, loss_is_token_nll: bool = True) -> dict[str, float]:
+  """Weighted means of the objective's sums over `batches`, as `val_<name>`; `val_ppl` only when the loss
+  is a per-token negative log-likelihood (not for DPO, whose loss is a per-pair preference loss)."""
   totals: dict[str, float] = {}
   weight = 0.0
   for b in batches:
@@ -60,7 +62,7 @@ def evaluate(eval_step, params, batches, ref_params=None) -> dict[str, float]:
       totals[k] = totals.get(k, 0.0) + float(v)
     weight += float(w)
   out = {f"val_{k}": v / max(weight, 1.0) for k, v in totals.items()}
-  if "val_loss" in out:
+  if "val_loss" in out and loss_is_token_nll:
     out["val_ppl"] = math.exp(min(out["val_loss"], 50.0))
   return out
 
@@ -189,7 +191,8 @@ def train(config, workdir: str | Path, stage: StageData, *, init_params_fn: Call
         process(*pending)  # syncs on this step: never evaluate or save a non-finite state unnoticed
         pending = None
       if evaluate_now:
-        ev = evaluate(eval_step, state.params, eval_batches, state.ref_params)
+        ev = evaluate(eval_step, state.params, eval_batches, state.ref_params,
+                      loss_is_token_nll=getattr(objective, "loss_is_token_nll", True))
         ev["step"] = step + 1
         writer.write(ev)
         progress.show({**final, **ev})
