@@ -2,7 +2,8 @@
 # Runs several bench variants in one call on a GPU machine and prints a summary table last.
 #   bash benchmarks/gpu_matrix.sh OUTDIR "name|[ENV=value ...|]--config=configs/bench.py:gpt2-125m --config.bench.remat=dots" ...
 # Each variant's full log goes to OUTDIR/<name>.log and its JSON line to OUTDIR/results.jsonl.
-# VARIANT_TIMEOUT (seconds, default 240) bounds each variant so one hang cannot eat the whole lease.
+# VARIANT_TIMEOUT (seconds, default 240) bounds each variant so one hang cannot eat the whole lease;
+# run folders go under BENCH_WORK_ROOT (default /tmp), not OUTDIR, which should hold only the logs.
 set -uo pipefail
 out=$1; shift
 mkdir -p "$out"
@@ -12,7 +13,7 @@ for spec in "$@"; do
   if [[ $args == *"|"* ]]; then envs=${args%%|*}; args=${args#*|}; fi  # "name|ENV=v ...|args"
   echo "=== $name: $envs $args"
   # shellcheck disable=SC2086
-  timeout "${VARIANT_TIMEOUT:-240}" env $envs python3 -m modernlm_jax.main $args --workdir="/tmp/bench_$name" >"$out/$name.log" 2>&1
+  timeout "${VARIANT_TIMEOUT:-240}" env $envs python3 -m modernlm_jax.main $args --workdir="${BENCH_WORK_ROOT:-/tmp}/bench_$name" >"$out/$name.log" 2>&1
   rc=$?
   line=$(grep -m1 '^{"preset"' "$out/$name.log")
   if [ -n "$line" ]; then
