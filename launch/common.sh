@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Helpers shared by the launch/*.sh scripts (sourced, not run). Each script defines its own usage().
 
 die_usage() { echo "error: $1" >&2; usage >&2; exit 2; }
@@ -11,10 +12,23 @@ shell_quote() {
   echo "${out[*]}"
 }
 
-# After --dry-run (enable_dry_run) every command is printed and none runs.
+# After --dry-run every command is printed and none runs.
 DRY_RUN=0
-enable_dry_run() { DRY_RUN=1; }
 run() {
   echo "+ $(shell_quote "$@")"
   if [[ $DRY_RUN == 0 ]]; then "$@"; fi
+}
+
+# The flags every launch script takes. Sets SHIFT_BY to how many arguments it consumed (0: not one of them);
+# the caller shifts that many and parses its own flags otherwise.
+# shellcheck disable=SC2034  # WORKDIR, CONFIG, PRESET are the calling script's variables
+common_flag() {
+  SHIFT_BY=0
+  case "$1" in
+    --workdir) WORKDIR="${2:?--workdir needs a value}"; SHIFT_BY=2 ;;
+    --config) CONFIG="${2:?--config needs a value}"; SHIFT_BY=2 ;;
+    --preset) PRESET="${2:?--preset needs a value}"; SHIFT_BY=2 ;;
+    --dry-run) DRY_RUN=1; SHIFT_BY=1 ;;
+    -h|--help) usage; exit 0 ;;
+  esac
 }

@@ -34,17 +34,14 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 WORKDIR="" CONFIG="configs/pretrain.py" PRESET="" GPUS="" VENV="" PYTHON="python3" MEM_FRACTION="" SKIP_INSTALL=0
 MAIN_FLAGS=()
 while [[ $# -gt 0 ]]; do
+  common_flag "$@"
+  if (( SHIFT_BY )); then shift "$SHIFT_BY"; continue; fi
   case "$1" in
-    --workdir) WORKDIR="${2:?--workdir needs a value}"; shift 2 ;;
-    --config) CONFIG="${2:?--config needs a value}"; shift 2 ;;
-    --preset) PRESET="${2:?--preset needs a value}"; shift 2 ;;
     --gpus) GPUS="${2:?--gpus needs a value}"; shift 2 ;;
     --venv) VENV="${2:?--venv needs a value}"; shift 2 ;;
     --python) PYTHON="${2:?--python needs a value}"; shift 2 ;;
     --mem-fraction) MEM_FRACTION="${2:?--mem-fraction needs a value}"; shift 2 ;;
     --skip-install) SKIP_INSTALL=1; shift ;;
-    --dry-run) enable_dry_run; shift ;;
-    -h|--help) usage; exit 0 ;;
     --) shift; MAIN_FLAGS=("$@"); break ;;
     *) die_usage "unknown argument '$1' (flags for the training program go after --)" ;;
   esac

@@ -57,9 +57,10 @@ SCRIPT="" HOSTS="" COORDINATOR="" REMOTE_DIR="$REPO_ROOT" SYNC=0 CONFIG="configs
 PYTHON="python3" LOG_DIR="logs" SKIP_INSTALL=0
 MAIN_FLAGS=()
 while [[ $# -gt 0 ]]; do
+  common_flag "$@"
+  if (( SHIFT_BY )); then shift "$SHIFT_BY"; continue; fi
   case "$1" in
     --mode) MODE="${2:?--mode needs a value}"; shift 2 ;;
-    --workdir) WORKDIR="${2:?--workdir needs a value}"; shift 2 ;;
     --nodes) NODES="${2:?--nodes needs a value}"; shift 2 ;;
     --gpus-per-node) GPUS_PER_NODE="${2:?--gpus-per-node needs a value}"; shift 2 ;;
     --partition) PARTITION="${2:?--partition needs a value}"; shift 2 ;;
@@ -71,14 +72,10 @@ while [[ $# -gt 0 ]]; do
     --coordinator) COORDINATOR="${2:?--coordinator needs a value}"; shift 2 ;;
     --remote-dir) REMOTE_DIR="${2:?--remote-dir needs a value}"; shift 2 ;;
     --sync) SYNC=1; shift ;;
-    --config) CONFIG="${2:?--config needs a value}"; shift 2 ;;
-    --preset) PRESET="${2:?--preset needs a value}"; shift 2 ;;
     --port) PORT="${2:?--port needs a value}"; shift 2 ;;
     --python) PYTHON="${2:?--python needs a value}"; shift 2 ;;
     --log-dir) LOG_DIR="${2:?--log-dir needs a value}"; shift 2 ;;
     --skip-install) SKIP_INSTALL=1; shift ;;
-    --dry-run) enable_dry_run; shift ;;
-    -h|--help) usage; exit 0 ;;
     --) shift; MAIN_FLAGS=("$@"); break ;;
     *) die_usage "unknown argument '$1' (flags for the training program go after --)" ;;
   esac

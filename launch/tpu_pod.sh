@@ -44,22 +44,19 @@ NAME="" ZONE="" WORKDIR="" PROJECT="" ACCELERATOR="v4-8" VERSION="tpu-ubuntu2204
 CONFIG="configs/pretrain.py" PRESET="" REPO_URL="" BRANCH="" REMOTE_DIR="modernlm_jax" STEPS="create,copy,install,run"
 MAIN_FLAGS=()
 while [[ $# -gt 0 ]]; do
+  common_flag "$@"
+  if (( SHIFT_BY )); then shift "$SHIFT_BY"; continue; fi
   case "$1" in
     --name) NAME="${2:?--name needs a value}"; shift 2 ;;
     --zone) ZONE="${2:?--zone needs a value}"; shift 2 ;;
-    --workdir) WORKDIR="${2:?--workdir needs a value}"; shift 2 ;;
     --project) PROJECT="${2:?--project needs a value}"; shift 2 ;;
     --accelerator) ACCELERATOR="${2:?--accelerator needs a value}"; shift 2 ;;
     --version) VERSION="${2:?--version needs a value}"; shift 2 ;;
     --spot) SPOT=1; shift ;;
-    --config) CONFIG="${2:?--config needs a value}"; shift 2 ;;
-    --preset) PRESET="${2:?--preset needs a value}"; shift 2 ;;
     --repo) REPO_URL="${2:?--repo needs a value}"; shift 2 ;;
     --branch) BRANCH="${2:?--branch needs a value}"; shift 2 ;;
     --remote-dir) REMOTE_DIR="${2:?--remote-dir needs a value}"; shift 2 ;;
     --steps) STEPS="${2:?--steps needs a value}"; shift 2 ;;
-    --dry-run) enable_dry_run; shift ;;
-    -h|--help) usage; exit 0 ;;
     --) shift; MAIN_FLAGS=("$@"); break ;;
     *) die_usage "unknown argument '$1' (flags for the training program go after --)" ;;
   esac

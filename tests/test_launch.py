@@ -11,6 +11,7 @@ import pytest
 
 LAUNCH = Path(__file__).resolve().parents[1] / "launch"
 SCRIPTS = ["tpu_pod.sh", "gpu_workstation.sh", "multi_host_gpu.sh"]
+SOURCED = ["common.sh"]  # shared helpers: shellchecked, never run
 
 
 def launch(script, *args, env=None, cwd=None):
@@ -47,7 +48,7 @@ def test_syntax_and_help(script):
 
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("script", SCRIPTS + SOURCED)
 def test_shellcheck(script):
   res = subprocess.run(["shellcheck", "-S", "warning", str(LAUNCH / script)], capture_output=True, text=True)
   assert res.returncode == 0, res.stdout
