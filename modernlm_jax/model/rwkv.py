@@ -22,7 +22,8 @@ import jax.numpy as jnp
 from modernlm_jax.model.config import ModelConfig
 from modernlm_jax.model.layers import compute_dtype, normal_init, param_with_axes, residual_init
 from modernlm_jax.model.ssm import (DEFAULT_CHUNK, MIN_LOG_DECAY, carried_window, chunk_layout, chunk_run_masks,
-                                    compaction, pad_time, scan_chunk_states, segment_runs, take_time)
+                                    compaction, pad_time, scan_chunk_states, scan_with_resets, segment_runs,
+                                    take_time)
 
 DEFAULT_BLOCK = 16  # sub-block of the exact intra-block scores; the chunk must be a multiple of it
 GROUP_NORM_EPS = 64e-5  # RWKV-6's ln_x epsilon (1e-5 * head_size_divisor**2)
@@ -110,18 +111,8 @@ def wkv6_scan_reference(r_BTHK, k_BTHK, v_BTHV, logw_BTHK, u_HK, *, runs_BT=None
   B, T, H, Kd = r_BTHK.shape
   V = v_BTHV.shape[-1]
   state0 = jnp.zeros((B, H, Kd, V), jnp.float32) if state0_BHKV is None else state0_BHKV
-  runs = jnp.zeros((B, T), jnp.int32) if runs_BT is None else runs_BT
-  reset_BT = runs != jnp.pad(runs, ((0, 0), (1, 0)))[:, :T]
-
-  def step(state, inp):
-    r, k, v, lw, reset = inp
-    state = jnp.where(reset[:, None, None, None], 0.0, state)
-    o, state = wkv6_step(state, r, k, v, lw, u_HK)
-    return state, o
-
-  inputs = tuple(jnp.moveaxis(t, 1, 0) for t in (r_BTHK, k_BTHK, v_BTHV, logw_BTHK, reset_BT))
-  final, os_ = jax.lax.scan(step, state0, inputs)
-  return jnp.moveaxis(os_, 0, 1), final
+  step = lambda state, r, k, v, lw: wkv6_step(state, r, k, v, lw, u_HK)
+  return scan_with_resets(step, state0, (r_BTHK, k_BTHK, v_BTHV, logw_BTHK), runs_BT)
 
 
 def rwkv_dims(cfg: ModelConfig) -> tuple[int, int]:

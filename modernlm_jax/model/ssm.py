@@ -191,23 +191,29 @@ def ssd_step(state_BHNP, x_BHP, a_BH, b_BN, c_BN):
   return jnp.einsum("bn,bhnp->bhp", c_BN.astype(f32), state), state
 
 
+def scan_with_resets(step_fn, state0, inputs_BT: tuple, runs_BT=None):
+  """Token-by-token `step_fn(state, *inputs_t) -> (out_t, state)` over time, the state zeroed where a new
+  document starts (`runs_BT` changes). Returns (outputs [B, T, ...], final state)."""
+  B, T = inputs_BT[0].shape[:2]
+  runs = jnp.zeros((B, T), jnp.int32) if runs_BT is None else runs_BT
+  reset_BT = runs != jnp.pad(runs, ((0, 0), (1, 0)))[:, :T]
+
+  def step(state, inp):
+    *xs, reset = inp
+    state = jnp.where(reset.reshape(reset.shape + (1,) * (state.ndim - 1)), 0.0, state)
+    out, state = step_fn(state, *xs)
+    return state, out
+
+  final, outs = jax.lax.scan(step, state0, tuple(jnp.moveaxis(t, 1, 0) for t in (*inputs_BT, reset_BT)))
+  return jnp.moveaxis(outs, 0, 1), final
+
+
 def ssd_scan_reference(x_BTHP, a_BTH, b_BTN, c_BTN, *, runs_BT=None, state0_BHNP=None):
   """Token-by-token scan of `ssd_step` (the definition the chunked form must reproduce)."""
   B, T, H, P = x_BTHP.shape
   N = b_BTN.shape[-1]
   state0 = jnp.zeros((B, H, N, P), jnp.float32) if state0_BHNP is None else state0_BHNP
-  runs = jnp.zeros((B, T), jnp.int32) if runs_BT is None else runs_BT
-  reset_BT = runs != jnp.pad(runs, ((0, 0), (1, 0)))[:, :T]
-
-  def step(state, inp):
-    x, a, b, c, reset = inp
-    state = jnp.where(reset[:, None, None, None], 0.0, state)
-    y, state = ssd_step(state, x, a, b, c)
-    return state, y
-
-  inputs = tuple(jnp.moveaxis(t, 1, 0) for t in (x_BTHP, a_BTH, b_BTN, c_BTN, reset_BT))
-  final, ys = jax.lax.scan(step, state0, inputs)
-  return jnp.moveaxis(ys, 0, 1), final
+  return scan_with_resets(ssd_step, state0, (x_BTHP, a_BTH, b_BTN, c_BTN), runs_BT)
 
 
 # ----------------------------------------------------------------------------------------------------------------
