@@ -46,8 +46,9 @@ class StageData:
   tokenizer: Any
 
 
-def _host_metrics(m: dict) -> dict[str, float]:
-  return {k: float(v) for k, v in jax.device_get(m).items()}
+def _host_metrics(pending: list) -> list[dict[str, float]]:
+  """The device metrics of several steps, fetched in one transfer."""
+  return [{k: float(v) for k, v in m.items()} for m in jax.device_get([p[1] for p in pending])]
 
 
 def evaluate(eval_step, params, batches, ref_params=None, *, loss_is_token_nll: bool = True) -> dict[str, float]:
@@ -137,20 +138,29 @@ def train(config, workdir: str | Path, stage: StageData, *, init_params_fn: Call
   prefetch = DevicePrefetcher(stage.train_iter, mesh, accum_steps=accum, size=2)
   final: dict[str, Any] = {}
   last_good_ckpt = ckpt.latest_step()
-  pending = None  # (step, device metrics, data state after that batch)
+  # Steps dispatched but not yet looked at: (step, device metrics, data state after that batch). The host reads
+  # them in one transfer at log steps (one step late, so the newest step keeps the device busy meanwhile) and
+  # before every evaluation or save; in between it never waits for the device.
+  pending: list = []
   t_last = time.perf_counter()
 
-  def process(step, dev_metrics, data_state):
-    nonlocal t_last
-    m = _host_metrics(dev_metrics)
+  def process_pending():
+    nonlocal t_last, pending
+    if not pending:
+      return
+    items, pending = pending, []
     now = time.perf_counter()
-    dt, t_last = now - t_last, now
+    dt, t_last = (now - t_last) / len(items), now  # the interval's mean step time
+    for (step, _, data_state), m in zip(items, _host_metrics(items)):
+      process(step, m, data_state, dt)
+
+  def process(step, m, data_state, dt):
     if not m.pop("finite") and not t_cfg.skip_nonfinite:
       raise NonFiniteLossError(
           f"non-finite loss or gradient norm at step {step} (loss={m.get('objective_loss')}, grad_norm="
-          f"{m.get('grad_norm')}); data position {json.dumps(data_state)[:300]}. The update was not applied; last good "
-          f"checkpoint: step {last_good_ckpt} in {ckpt.directory}. Lower train.lr, raise train.warmup_steps, or set "
-          "train.skip_nonfinite=True to skip such batches.")
+          f"{m.get('grad_norm')}); data position {json.dumps(data_state)[:300]}. Nothing from this step on was "
+          f"saved; last good checkpoint: step {last_good_ckpt} in {ckpt.directory}. Lower train.lr, raise "
+          "train.warmup_steps, or set train.skip_nonfinite=True to skip such batches.")
     m.update(step=step + 1, step_time_s=dt, tokens_per_s=tokens_per_step / max(dt, 1e-9),
              tokens_seen=(step + 1) * tokens_per_step)
     if peak:
@@ -181,15 +191,14 @@ def train(config, workdir: str | Path, stage: StageData, *, init_params_fn: Call
         from modernlm_jax.tasks import profile as profile_lib
 
         profile_lib.summarize(workdir / "profile", top=15)
-      if pending is not None:
-        process(*pending)
-      pending = (step, dev_metrics, data_state)
+      if pending and (pending[-1][0] == start or (pending[-1][0] + 1) % int(t_cfg.log_every) == 0):
+        process_pending()  # the previous step was a log step
+      pending.append((step, dev_metrics, data_state))
       done = step + 1 == end
       evaluate_now = (step + 1) % int(t_cfg.eval_every) == 0 or done
       save_now = (step + 1) % int(t_cfg.checkpoint_every) == 0 or done
       if evaluate_now or save_now:
-        process(*pending)  # syncs on this step: never evaluate or save a non-finite state unnoticed
-        pending = None
+        process_pending()  # syncs on this step: never evaluate or save a non-finite state unnoticed
       if evaluate_now:
         ev = evaluate(eval_step, state.params, eval_batches, state.ref_params,
                       loss_is_token_nll=getattr(objective, "loss_is_token_nll", True))
@@ -200,8 +209,7 @@ def train(config, workdir: str | Path, stage: StageData, *, init_params_fn: Call
       if save_now:
         ckpt.save(step + 1, state, data_state, {**meta, "step": step + 1}, force=done)
         last_good_ckpt = step + 1
-    if pending is not None:
-      process(*pending)
+    process_pending()
   finally:
     if tracing:
       jax.profiler.stop_trace()
