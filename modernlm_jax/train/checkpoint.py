@@ -20,7 +20,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import orbax.checkpoint as ocp
 
 from modernlm_jax.train.step import TrainState
@@ -48,9 +47,10 @@ _fingerprint_tree = jax.jit(lambda tree: jax.tree_util.tree_map(_leaf_fingerprin
 
 def fingerprints(tree) -> dict[str, int]:
   """Array path -> fingerprint, for every leaf of `tree` (works on sharded multi-host arrays too)."""
-  out = _fingerprint_tree(tree)
-  return {jax.tree_util.keystr(path): int(np.asarray(v.addressable_data(0) if hasattr(v, "addressable_data") else v))
-          for path, v in jax.tree_util.tree_leaves_with_path(out)}
+  leaves = jax.tree_util.tree_leaves_with_path(_fingerprint_tree(tree))
+  # Replicated scalars: this process's copy of each, all fetched in one transfer.
+  host = jax.device_get([v.addressable_data(0) for _, v in leaves])
+  return {jax.tree_util.keystr(path): int(h) for (path, _), h in zip(leaves, host)}
 
 
 def verify_fingerprints(tree, meta: dict | None, where: str) -> None:
