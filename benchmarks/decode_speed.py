@@ -12,9 +12,9 @@ import json
 
 import jax
 
+from modernlm_jax.compare.inference import measure
 from modernlm_jax.model import init_params
 from modernlm_jax.model.scales import preset
-from modernlm_jax.tasks.compare_inference import measure
 
 
 def main():

@@ -1,7 +1,7 @@
 """Matched comparison: `--config=configs/compare.py:<preset>` trains every (family × scale × seed) of
 the preset on identical data, token budget, schedule and batch order, evaluates each, measures the
 inference protocol, fits scaling laws and writes results.json, report.md and PNG plots (see
-modernlm_jax/tasks/compare.py).
+modernlm_jax/jobs/compare.py).
 
 Presets:
   smoke            CPU, minutes: scales tiny + 3.5m (one shared 2048-piece vocabulary), 1 seed, 100 steps of 4×128.
@@ -13,8 +13,7 @@ Presets:
   ablate-sigreg    modern family at 3.5m: SIGReg embedding regulariser off vs 0.1.
   ablate-seqlen    modern family at 3.5m: fixed vs progressive sequence length.
 
-The families are gpt2 and modern, plus the recurrent hybrid when modernlm_jax.model.recurrent is
-installed (it registers itself in the scale table). Real data: --config.data.source=text:/path/*.txt.
+The families are gpt2, modern and the recurrent hybrid (the scale table in modernlm_jax.model.scales). Real data: --config.data.source=text:/path/*.txt.
 Lists are comma-separated strings: --config.compare.seeds=0,1 --config.compare.families=gpt2,modern.
 """
 
@@ -26,7 +25,7 @@ PRESETS = ("smoke", "tiny", "seed004", "ablate-positions", "ablate-gate", "ablat
 
 
 def default_families() -> str:
-  from modernlm_jax.tasks.compare_plan import valid_families
+  from modernlm_jax.compare.plan import valid_families
 
   return ",".join(f for f in ("gpt2", "modern", "hybrid") if f in valid_families())
 
@@ -146,7 +145,7 @@ def get_config(arg: str | None = None):
   else:
     raise ValueError(f"unknown compare preset {preset!r}; valid presets: {list(PRESETS)}")
   c.preset = preset
-  from modernlm_jax.tasks.compare_plan import plan
+  from modernlm_jax.compare.plan import plan
 
   plan(c)  # a preset must name only known scales and families
   return c

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from modernlm_jax.model import ModelConfig
-from modernlm_jax.model import scales
+from modernlm_jax.model import ModelConfig, scales
 
 
 def train_defaults() -> ml_collections.ConfigDict:

@@ -58,19 +58,19 @@ def _on_cloud_tpu_vm() -> bool:
 def run_task(config, workdir: str):
   task = config.task
   if task == "pretrain":
-    from modernlm_jax.tasks import pretrain
+    from modernlm_jax.jobs import pretrain
     return pretrain.run(config, workdir)
   if task in ("sft", "dpo"):
-    from modernlm_jax.tasks import posttrain
+    from modernlm_jax.jobs import posttrain
     return posttrain.run(config, workdir)
   if task == "eval":
-    from modernlm_jax.tasks import evaluate
+    from modernlm_jax.jobs import evaluate
     return evaluate.run(config, workdir)
   if task == "compare":
-    from modernlm_jax.tasks import compare
+    from modernlm_jax.jobs import compare
     return compare.run(config, workdir)
   if task == "bench":
-    from modernlm_jax.tasks import bench
+    from modernlm_jax.jobs import bench
     return bench.run(config, workdir)
   raise ValueError(f"config.task={task!r} is not valid; choose one of {list(TASKS)}")
 

@@ -81,7 +81,7 @@ def main() -> None:
     jax.config.update("jax_compilation_cache_dir", os.environ["KILL_WORKER_JAX_CACHE"])
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-  from modernlm_jax.tasks.pretrain import pretrain_stage
+  from modernlm_jax.jobs.pretrain import pretrain_stage
   from modernlm_jax.train.loop import train
 
   if args.block_save_at:

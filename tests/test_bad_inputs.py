@@ -19,11 +19,11 @@ from kill_worker import worker_config, write_corpus
 from train_utils import synthetic_stage, tiny_config
 
 from modernlm_jax.data import sources
+from modernlm_jax.data.pipeline import make_train_iterator
 from modernlm_jax.data.posttrain_pipeline import default_posttrain_data_config, load_posttrain_data
 from modernlm_jax.data.tokenizers import ByteTokenizer
-from modernlm_jax.data.pipeline import make_train_iterator
-from modernlm_jax.tasks import pretrain
-from modernlm_jax.tasks.pretrain import pretrain_stage
+from modernlm_jax.jobs import pretrain
+from modernlm_jax.jobs.pretrain import pretrain_stage
 from modernlm_jax.train.init_from import InitFromError
 from modernlm_jax.train.loop import NonFiniteLossError, train
 

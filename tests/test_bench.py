@@ -8,8 +8,8 @@ from pathlib import Path
 import jax
 import pytest
 
+from modernlm_jax.jobs import bench, profile
 from modernlm_jax.model import ModelConfig
-from modernlm_jax.tasks import bench, profile
 from modernlm_jax.train import flops
 
 TINY = dict(vocab_size=64, max_len=64, n_layers=2, d_model=32, n_heads=4, d_ff=64)

@@ -18,8 +18,8 @@ import orbax.checkpoint as ocp
 import pytest
 from kill_worker import worker_config, write_corpus
 
+from modernlm_jax.jobs.pretrain import pretrain_stage
 from modernlm_jax.model import ModelConfig
-from modernlm_jax.tasks.pretrain import pretrain_stage
 from modernlm_jax.train import checkpoint as ckpt_lib
 from modernlm_jax.train import mesh as mesh_lib
 from modernlm_jax.train.loop import _NoOpt, train

@@ -9,10 +9,14 @@ import ml_collections
 import numpy as np
 import pytest
 
-from modernlm_jax.eval import report as report_lib
-from modernlm_jax.eval import results as results_lib
+from modernlm_jax.compare import inference as compare_inference
+from modernlm_jax.compare import member_eval as compare_eval
+from modernlm_jax.compare import plan as compare_plan
+from modernlm_jax.compare import report as report_lib
+from modernlm_jax.compare import results as results_lib
+from modernlm_jax.compare import smoke as compare_smoke
+from modernlm_jax.jobs import compare
 from modernlm_jax.model import ModelConfig, init_params
-from modernlm_jax.tasks import compare, compare_eval, compare_inference, compare_plan, compare_smoke
 
 CONFIG_PATH = Path(__file__).resolve().parents[1] / "configs" / "compare.py"
 

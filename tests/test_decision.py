@@ -7,10 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from modernlm_jax.eval import decision as d
-from modernlm_jax.eval import results as results_lib
-from modernlm_jax.eval import scaling
-from modernlm_jax.eval import stats
+from modernlm_jax.compare import decision as d
+from modernlm_jax.compare import results as results_lib
+from modernlm_jax.compare import scaling, stats
 
 BASE = {"val_loss": 3.0, "statefulness_score": 0.50, "decode_tok_s": 100.0, "peak_mem_bytes": 1_000_000}
 

@@ -6,23 +6,22 @@ import json
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from configs import eval as eval_config
 from modernlm_jax.data.tokenizers import ByteTokenizer, GPT2Tokenizer
 from modernlm_jax.eval import suite
-from modernlm_jax.eval.checkpoint_model import (EvalCheckpointError, EvalModel, EvalTokenizerMismatchError,
-                                                load_eval_model)
+from modernlm_jax.eval.checkpoint_model import (
+  EvalCheckpointError,
+  EvalTokenizerMismatchError,
+  load_eval_model,
+)
 from modernlm_jax.interop import hf_gpt2
-from modernlm_jax.model import LanguageModel, ModelConfig, init_params
-from modernlm_jax.tasks import evaluate
+from modernlm_jax.jobs import evaluate
+from modernlm_jax.model import LanguageModel, ModelConfig
 from modernlm_jax.train.loop import StageData, train
 from modernlm_jax.train.synthetic import SyntheticBatches
-from tests.train_utils import tiny_config
-from tests.train_utils import numpy_init
-
-
+from tests.train_utils import numpy_init, tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -120,9 +120,9 @@ def test_hh_response_quoting_assistant_falls_back_to_the_common_prompt():
 
 
 def test_identical_pairs_are_skipped_and_counted(tmp_path):
-    a = write_jsonl(tmp_path / "a.jsonl", [{"prompt": "Q?", "chosen": " yes", "rejected": " no"},
+    write_jsonl(tmp_path / "a.jsonl", [{"prompt": "Q?", "chosen": " yes", "rejected": " no"},
                                            {"prompt": "Q?", "chosen": " same", "rejected": " same"}])
-    b = write_jsonl(tmp_path / "b.jsonl", [hh("\n\nHuman: a\n\nAssistant:", "x", "x"),
+    write_jsonl(tmp_path / "b.jsonl", [hh("\n\nHuman: a\n\nAssistant:", "x", "x"),
                                            hh("\n\nHuman: a\n\nAssistant:", "x", "y")])
     stats = formats.FormatStats()
     examples = formats.load_examples(f"jsonl:{tmp_path}/*.jsonl", "dpo", stats=stats)

@@ -5,10 +5,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from train_utils import numpy_init
 
 from modernlm_jax import generate as gen
-from modernlm_jax.model import LanguageModel, ModelConfig, init_params
-from train_utils import numpy_init
+from modernlm_jax.model import LanguageModel, ModelConfig
 
 TINY = dict(vocab_size=64, max_len=32, n_layers=2, d_model=32, n_heads=4, d_ff=64, init_std=0.1)
 FAMILIES = {

@@ -107,8 +107,8 @@ class TestImport:
     np.testing.assert_allclose(our_logits(params, cfg, tokens), hf_logits(model, tokens), atol=ATOL, rtol=0)
 
   def test_bfloat16_safetensors_import_without_torch_path(self, hf_model, tmp_path, monkeypatch):
-    from safetensors.numpy import save_file
     import ml_dtypes
+    from safetensors.numpy import save_file
 
     hf_model.config.save_pretrained(tmp_path)
     state = {k: v.numpy().astype(ml_dtypes.bfloat16) for k, v in hf_model.state_dict().items() if k != "lm_head.weight"}

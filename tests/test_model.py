@@ -6,8 +6,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from modernlm_jax.model import LanguageModel, ModelConfig, init_cache, init_params, param_logical_axes
-from modernlm_jax.model import attention, positions, scales
+from modernlm_jax.model import (
+  LanguageModel,
+  ModelConfig,
+  attention,
+  init_cache,
+  init_params,
+  param_logical_axes,
+  positions,
+  scales,
+)
 
 TINY = dict(vocab_size=61, max_len=32, n_layers=2, d_model=32, n_heads=4, d_ff=64)
 VARIANTS = {

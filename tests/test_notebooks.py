@@ -106,8 +106,8 @@ def test_quickstart_trains_samples_and_evaluates(tmp_path, monkeypatch):
 def test_compare_renders_report_from_results_json(tmp_path, monkeypatch):
   from test_report import make_results  # the hand-made comparison the report tests use
 
-  from modernlm_jax.eval import results as results_lib
-  from modernlm_jax.eval.report import FIGURES
+  from modernlm_jax.compare import results as results_lib
+  from modernlm_jax.compare.report import FIGURES
 
   results_path = results_lib.save(make_results(), tmp_path / "results.json")
   nb = nbformat.read(NOTEBOOKS / "compare.ipynb", as_version=4)

@@ -12,10 +12,9 @@ import pytest
 from jax.sharding import Mesh
 from train_utils import synthetic_stage, tiny_config
 
-from modernlm_jax.model import ModelConfig, init_params
-from modernlm_jax.model import tpu_attention
+from modernlm_jax.jobs import bench_parity
+from modernlm_jax.model import ModelConfig, init_params, tpu_attention
 from modernlm_jax.model.attention import reference_attention, select_attention_impl
-from modernlm_jax.tasks import bench, bench_parity
 from modernlm_jax.train import loop as loop_lib
 from modernlm_jax.train.flops import flops_per_token
 from modernlm_jax.train.objectives import NextTokenObjective, cross_entropy_terms

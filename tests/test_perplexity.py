@@ -1,12 +1,11 @@
 """Strided perplexity and batched log-likelihood against brute-force numpy on tiny fake models."""
 
 import math
-import re
 import os
+import re
 from pathlib import Path
 
 import chex
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

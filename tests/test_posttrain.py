@@ -308,7 +308,7 @@ def shrink(c, steps: int = 2):
 
 def pretrain(root: Path) -> Path:
     """A two-step byte-level pretraining run (the pretraining task's stage and loop, minus its sample)."""
-    from modernlm_jax.tasks.pretrain import pretrain_stage
+    from modernlm_jax.jobs.pretrain import pretrain_stage
     from modernlm_jax.train.loop import train
 
     rng = np.random.default_rng(0)
@@ -342,7 +342,7 @@ def exported_params(path: Path, model: dict) -> Path:
 
 
 def test_init_from_errors(tmp_path):
-    from modernlm_jax.tasks import posttrain
+    from modernlm_jax.jobs import posttrain
 
     c = sft_config(tmp_path, tmp_path / "nope")
     with pytest.raises(InitFromError, match="does not exist"):
@@ -357,7 +357,7 @@ def test_init_from_errors(tmp_path):
 
 
 def test_tokenizer_must_be_the_init_from_runs(tmp_path):
-    from modernlm_jax.tasks.posttrain import init_from_tokenizer
+    from modernlm_jax.jobs.posttrain import init_from_tokenizer
 
     c = sft_config(tmp_path, tmp_path)
     with pytest.raises(InitFromError, match="was trained with tokenizer 'bytes-v0'"):
@@ -375,7 +375,7 @@ def _restore_state(run: Path) -> dict:
 
 @pytest.mark.slow
 def test_pretrain_sft_dpo_chain_and_each_checkpoint_evaluates(tmp_path):
-    from modernlm_jax.tasks import posttrain
+    from modernlm_jax.jobs import posttrain
 
     root = tmp_path
     pretrain(root)

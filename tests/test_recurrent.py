@@ -12,8 +12,17 @@ import numpy as np
 import pytest
 from absl.testing import parameterized
 
-from modernlm_jax.model import LanguageModel, ModelConfig, init_cache, init_params, param_logical_axes, recurrent
-from modernlm_jax.model import rwkv, scales, ssm
+from modernlm_jax.model import (
+  LanguageModel,
+  ModelConfig,
+  init_cache,
+  init_params,
+  mixers,
+  param_logical_axes,
+  rwkv,
+  scales,
+  ssm,
+)
 
 ATOL = 2e-5
 YNN_OFF = "--xla_cpu_experimental_ynn_fusion_type="
@@ -149,7 +158,7 @@ class TestMixerModule(chex.TestCase):
     cfg, _, params, train_fn, decode_fn = mixer_case(kind)
     x = inputs(cfg.d_model)
     y_train = train_fn(params, x, ONE_DOC)
-    step, cache, ys = jax.jit(decode_fn), recurrent.init_mixer_cache(cfg, kind, B), []
+    step, cache, ys = jax.jit(decode_fn), mixers.init_mixer_cache(cfg, kind, B), []
     for t in range(T):
       y_t, cache = step(params, x[:, t:t + 1], arange_positions(1, t), cache)
       ys.append(y_t)
@@ -160,7 +169,7 @@ class TestMixerModule(chex.TestCase):
     cfg, _, params, train_fn, decode_fn = mixer_case(kind)
     x = inputs(cfg.d_model)
     decode = jax.jit(decode_fn)
-    cache0 = recurrent.init_mixer_cache(cfg, kind, B)
+    cache0 = mixers.init_mixer_cache(cfg, kind, B)
     y_whole, cache_whole = decode(params, x, arange_positions(T), cache0)
     cut = 11  # not a chunk boundary (chunk 8)
     y1, cache1 = decode(params, x[:, :cut], arange_positions(cut), cache0)
@@ -175,7 +184,7 @@ class TestMixerModule(chex.TestCase):
     decode = jax.jit(decode_fn)
     n = 11
     x = inputs(cfg.d_model, t=n)
-    y_ref, cache_ref = decode(params, x, arange_positions(n), recurrent.init_mixer_cache(cfg, kind, B))
+    y_ref, cache_ref = decode(params, x, arange_positions(n), mixers.init_mixer_cache(cfg, kind, B))
     # Row 0 left-padded; row 1 padded in the middle and at the end. Pads carry garbage inputs.
     junk = inputs(cfg.d_model, seed=8, t=T - n)
     x_pad = jnp.stack([jnp.concatenate([junk[0], x[0]]),
@@ -183,7 +192,7 @@ class TestMixerModule(chex.TestCase):
     pos = np.arange(n)
     pos_pad = jnp.asarray(np.stack([np.concatenate([np.full(11, -1), pos]),
                                     np.concatenate([pos[:4], np.full(5, -1), pos[4:], np.full(6, -1)])]), jnp.int32)
-    y_pad, cache_pad = decode(params, x_pad, pos_pad, recurrent.init_mixer_cache(cfg, kind, B))
+    y_pad, cache_pad = decode(params, x_pad, pos_pad, mixers.init_mixer_cache(cfg, kind, B))
     chex.assert_trees_all_close(cache_pad, cache_ref, atol=ATOL, rtol=1e-4)
     chex.assert_trees_all_close(y_pad[0, 11:], y_ref[0], atol=ATOL, rtol=1e-4)
     chex.assert_trees_all_close(jnp.concatenate([y_pad[1, :4], y_pad[1, 9:16]]), y_ref[1], atol=ATOL, rtol=1e-4)
@@ -222,8 +231,8 @@ class TestMixerModule(chex.TestCase):
   @KINDS
   def test_cache_size_does_not_grow_with_length(self, kind):
     cfg = small_cfg()
-    a = recurrent.init_mixer_cache(cfg, kind, 3)
-    b = recurrent.init_mixer_cache(cfg.replace(max_len=4096), kind, 3)
+    a = mixers.init_mixer_cache(cfg, kind, 3)
+    b = mixers.init_mixer_cache(cfg.replace(max_len=4096), kind, 3)
     chex.assert_trees_all_equal_shapes(a, b)
     assert all(leaf.shape[0] == 3 for leaf in jax.tree.leaves(a))
 
@@ -236,7 +245,7 @@ class TestConfigAndFamily:
     with pytest.raises(ValueError, match="rwkv_heads"):
       rwkv.rwkv_dims(small_cfg(rwkv_heads=5))
     with pytest.raises(ValueError, match="recurrent kinds"):
-      recurrent.init_mixer_cache(small_cfg(), "attn", 1)
+      mixers.init_mixer_cache(small_cfg(), "attn", 1)
 
   @pytest.mark.parametrize("scale", [*scales.SCALES, *scales.DEV_SCALES])
   def test_hybrid_parameter_matched_to_gpt2(self, scale):

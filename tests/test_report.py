@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from modernlm_jax.eval import decision, report
-from modernlm_jax.eval import results as results_lib
+from modernlm_jax.compare import decision, report
+from modernlm_jax.compare import results as results_lib
 
 PROTOCOL = {
     "data_source": "text:tiny/*.txt",

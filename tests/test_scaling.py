@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from modernlm_jax.eval import scaling
+from modernlm_jax.compare import scaling
 
 N5 = np.array([3.5e6, 8e6, 30e6, 125e6, 350e6])
 A, B, C = 400.0, 0.3, 1.8

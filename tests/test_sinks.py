@@ -20,12 +20,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from train_utils import numpy_init
 
 from modernlm_jax.data.builtin_corpus import builtin_split
 from modernlm_jax.data.tokenizers import ByteTokenizer
 from modernlm_jax.generate import generate, streaming_nll
-from modernlm_jax.model import LanguageModel, ModelConfig, init_params
-from train_utils import numpy_init
+from modernlm_jax.model import LanguageModel, ModelConfig
 
 L = 64  # training length = cache length
 SINKS = 4

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from modernlm_jax.eval import stage_table, suite
+from modernlm_jax.compare import stage_table
+from modernlm_jax.eval import suite
 
 V = 257
 TABLE = jnp.asarray(np.random.default_rng(0).normal(size=(V, V)).astype(np.float32))

@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from modernlm_jax.eval import tasks
-from modernlm_jax.eval.tasks_choice import SST2_QUESTION
-from modernlm_jax.eval.tasks_common import fewshot_indices
-from modernlm_jax.eval.tasks_gsm8k import extract_flexible, extract_strict
+from modernlm_jax.eval import fewshot as tasks
+from modernlm_jax.eval.fewshot.choice import SST2_QUESTION
+from modernlm_jax.eval.fewshot.common import fewshot_indices
+from modernlm_jax.eval.fewshot.gsm8k import extract_flexible, extract_strict
 
 V = 257
 TABLE = np.random.default_rng(0).normal(size=(V, V)).astype(np.float32) * 2.0

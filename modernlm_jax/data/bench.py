@@ -19,7 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 from modernlm_jax.data import pipeline
 from modernlm_jax.data.tokenizers import build_tokenizer, default_tokenizer_config
 

@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-from modernlm_jax.eval import scaling as scaling_lib
+from modernlm_jax.eval.growth import growth_exponent
 
 PREFILL_REPEATS = 100
 DECODE_TOKENS = 256
@@ -195,7 +195,7 @@ def context_scaling(
         fn, tokens = prefill_fn_factory(length)
         times.append(measure_prefill(fn, tokens, repeats=repeats)["median_s"])
         mems.append(compiled_footprint_bytes(fn, tokens))
-    fit = scaling_lib.growth_exponent(lengths, times)
+    fit = growth_exponent(lengths, times)
     out = {
         "lengths": lengths,
         "times": times,
@@ -208,7 +208,7 @@ def context_scaling(
     }
     known = [(t, m) for t, m in zip(lengths, mems) if m]
     if len({t for t, _ in known}) >= 2:
-        out["mem_exponent"] = scaling_lib.growth_exponent([t for t, _ in known], [m for _, m in known])["exponent"]
+        out["mem_exponent"] = growth_exponent([t for t, _ in known], [m for _, m in known])["exponent"]
     return out
 
 

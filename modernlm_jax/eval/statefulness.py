@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from modernlm_jax.eval.fewshot.common import score_choices
 from modernlm_jax.eval.scoring import ForwardFn, Progress
-from modernlm_jax.eval.tasks_common import score_choices
 
 TIERS = ("short_term_recall", "correction", "interrupted_recall", "composition")
 DEFAULT_DISTANCES = (5, 10, 20, 50)

@@ -36,9 +36,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from modernlm_jax.eval import perplexity, statefulness, tasks
+from modernlm_jax.eval import fewshot as tasks
+from modernlm_jax.eval import perplexity, statefulness
+from modernlm_jax.eval.fewshot.gsm8k import GenerateFn
 from modernlm_jax.eval.scoring import ForwardFn
-from modernlm_jax.eval.tasks_gsm8k import GenerateFn
 
 GPT2_IDENTITY_PREFIX = "gpt2"
 
@@ -246,7 +247,7 @@ HEADLINE_TASK_METRIC = {"lambada": "acc", "hellaswag": "acc_norm", "sst2": "acc"
 def comparison_entry(result: Mapping[str, Any]) -> dict[str, Any]:
     """The ``tasks`` / ``statefulness`` / ``perplexity`` parts of a comparison-results run entry.
 
-    Shapes follow ``modernlm_jax.eval.results``: ``tasks`` maps a task to its headline accuracy,
+    Shapes follow ``modernlm_jax.compare.results``: ``tasks`` maps a task to its headline accuracy,
     ``statefulness`` holds ``by_tier``, ``by_distance`` (string keys) and ``score`` (overall
     probe accuracy). Skipped tasks and corpora are left out.
     """

@@ -21,9 +21,19 @@ import jax.numpy as jnp
 
 from modernlm_jax.model.config import ModelConfig
 from modernlm_jax.model.layers import compute_dtype, normal_init, param_with_axes, residual_init
-from modernlm_jax.model.ssm import (DEFAULT_CHUNK, MIN_LOG_DECAY, carried_window, chunk_layout, chunk_run_masks,
-                                    compaction, pad_time, scan_chunk_states, scan_with_resets, segment_runs,
-                                    take_time)
+from modernlm_jax.model.ssm import (
+  DEFAULT_CHUNK,
+  MIN_LOG_DECAY,
+  carried_window,
+  chunk_layout,
+  chunk_run_masks,
+  compaction,
+  pad_time,
+  scan_chunk_states,
+  scan_with_resets,
+  segment_runs,
+  take_time,
+)
 
 DEFAULT_BLOCK = 16  # sub-block of the exact intra-block scores; the chunk must be a multiple of it
 GROUP_NORM_EPS = 64e-5  # RWKV-6's ln_x epsilon (1e-5 * head_size_divisor**2)

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from modernlm_jax.model.config import ModelConfig
+from modernlm_jax.model.transformer import LanguageModel
 
 SMALL_VOCAB = 8192
 GPT2_VOCAB = 50257
@@ -68,7 +69,32 @@ def modern_config(scale: str) -> ModelConfig:
   return base.replace(d_ff=matched_swiglu_width(count_params(ref)["total"], base))
 
 
-FAMILIES: dict[str, Callable[[str], ModelConfig]] = {"gpt2": gpt2_config, "modern": modern_config}
+HYBRID_CYCLE = ("ssm", "rwkv")
+HYBRID_SSM_STATE = 64  # Mamba-2's default state size per head
+
+
+def hybrid_pattern(n_layers: int, cycle: tuple[str, ...] = HYBRID_CYCLE) -> tuple[str, ...]:
+  return tuple(cycle[i % len(cycle)] for i in range(n_layers))
+
+
+def hybrid_config(scale: str) -> ModelConfig:
+  """The recurrent hybrid at `scale`: GPT-2's layers, width and vocabulary, SwiGLU width matched to its total.
+
+  It alternates selective-SSM and RWKV layers (ssm, rwkv, ssm, rwkv, ...) with no attention and no position
+  table: every layer is a recurrence, so the model carries a conversation of any length in a fixed-size state
+  and its cost grows linearly with context. For a variant with some attention, set `layer_pattern` (e.g.
+  "ssm,rwkv,ssm,attn") and `positions="rope"`; it is then bounded by its KV cache.
+  """
+  ref = gpt2_config(scale)
+  base = ref.replace(family="hybrid", positions="none", norm="rmsnorm", mlp="swiglu", use_bias=False,
+                     layer_pattern=hybrid_pattern(ref.n_layers), ssm_state=HYBRID_SSM_STATE,
+                     ssm_heads=2 * ref.n_heads,  # SSM head width = the attention head width (inner width is 2 d)
+                     rwkv_heads=ref.n_heads)
+  return base.replace(d_ff=matched_swiglu_width(count_params(ref)["total"], base))
+
+
+FAMILIES: dict[str, Callable[[str], ModelConfig]] = {"gpt2": gpt2_config, "modern": modern_config,
+                                                     "hybrid": hybrid_config}
 
 
 def register_family(name: str, builder: Callable[[str], ModelConfig]) -> None:
@@ -76,19 +102,9 @@ def register_family(name: str, builder: Callable[[str], ModelConfig]) -> None:
   FAMILIES[name] = builder
 
 
-def _ensure_builtin_families() -> None:
-  try:  # the recurrent family registers itself when its module exists
-    from modernlm_jax.model import recurrent
-  except ImportError:
-    return
-  # Run as `python -m ...scales`, this module is `__main__`, a different FAMILIES dict than the one
-  # recurrent.py registered into: register here too.
-  FAMILIES.setdefault("hybrid", recurrent.hybrid_config)
-
 
 def preset(name: str) -> ModelConfig:
   """`family-scale`, e.g. `modern-8m`, `gpt2-125m`, `modern-tiny`. Unknown names list the valid ones."""
-  _ensure_builtin_families()
   family, _, scale = name.partition("-")
   valid = preset_names(include_dev=True)
   if family not in FAMILIES or scale not in (*SCALES, *DEV_SCALES):
@@ -97,7 +113,6 @@ def preset(name: str) -> ModelConfig:
 
 
 def preset_names(include_dev: bool = False) -> list[str]:
-  _ensure_builtin_families()
   scales = (*SCALES, *DEV_SCALES) if include_dev else SCALES
   return [f"{f}-{s}" for s in scales for f in FAMILIES]
 
@@ -109,8 +124,6 @@ def preset_tokenizer(scale: str) -> str:
 @functools.lru_cache(maxsize=256)
 def count_params(cfg: ModelConfig) -> dict[str, int]:
   """Exact counts from the module's own parameter shapes (jax.eval_shape: nothing is allocated)."""
-  from modernlm_jax.model.transformer import LanguageModel  # local: scales is imported by model/__init__
-
   shapes = jax.eval_shape(lambda: LanguageModel(cfg).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32)))
   flat = jax.tree_util.tree_flatten_with_path(shapes["params"])[0]
   total = embedding = 0

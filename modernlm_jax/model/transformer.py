@@ -11,23 +11,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from modernlm_jax.model.attention import CausalSelfAttention, init_attention_cache
+from modernlm_jax.model.attention import init_attention_cache
 from modernlm_jax.model.config import ModelConfig
 from modernlm_jax.model.layers import MLP, Embed, compute_dtype, make_norm, normal_init, param_with_axes
+from modernlm_jax.model.mixers import init_mixer_cache, mixer_class
 
 _REMAT_POLICIES = {
     "full": None,
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
 }
-
-
-def mixer_class(kind: str):
-  if kind == "attn":
-    return CausalSelfAttention
-  from modernlm_jax.model import recurrent  # imported lazily: attention-only models never need it
-
-  return recurrent.MIXER_CLASSES[kind]
 
 
 class Block(nn.Module):
@@ -139,7 +132,5 @@ def init_cache(cfg: ModelConfig, batch_size: int, max_len: int, dtype=None) -> d
     if kind == "attn":
       cache[f"layer_{i}"] = init_attention_cache(cfg, batch_size, max_len, dtype)
     else:
-      from modernlm_jax.model import recurrent
-
-      cache[f"layer_{i}"] = recurrent.init_mixer_cache(cfg, kind, batch_size, dtype)
+      cache[f"layer_{i}"] = init_mixer_cache(cfg, kind, batch_size, dtype)
   return cache

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from modernlm_jax.model import LanguageModel, ModelConfig, output_embedding
-from modernlm_jax.train.objectives import cross_entropy_terms
+from modernlm_jax.train.fused_ce import cross_entropy_terms
 
 SIDES = ("chosen", "rejected")
 

@@ -91,3 +91,31 @@ def _bwd(chunk, z_coef, res, cotangents):
 
 
 fused_cross_entropy.defvjp(_fwd, _bwd)
+
+
+def cross_entropy_terms(hidden_BTD, w_DV, targets_BT, chunk: int = 0):
+  """(logsumexp, target logit) per position, float32 — for losses that need per-token terms (DPO, eval).
+
+  With `chunk > 0`, the vocabulary projection runs over `chunk`-token slices of the flattened batch under
+  jax.checkpoint, so neither forward nor backward ever holds float32 logits for the whole batch. The
+  next-token objective uses `fused_ce.fused_cross_entropy` instead, which also skips the recompute.
+  """
+  B, T, D = hidden_BTD.shape
+  w, V = pad_vocab(w_DV, hidden_BTD.dtype)
+
+  def terms(h_ND, t_N):
+    logits = masked_logits(h_ND, w, V)
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    return lse, jnp.take_along_axis(logits, t_N[:, None], axis=-1)[:, 0]
+
+  h_ND, t_N = hidden_BTD.reshape(B * T, D), targets_BT.reshape(B * T)
+  if chunk <= 0 or chunk >= B * T:
+    lse, tl = terms(h_ND, t_N)
+  else:
+    n = -(-(B * T) // chunk)
+    pad = n * chunk - B * T
+    h_NCD = jnp.pad(h_ND, ((0, pad), (0, 0))).reshape(n, chunk, D)
+    t_NC = jnp.pad(t_N, (0, pad)).reshape(n, chunk)
+    lse, tl = jax.lax.map(lambda args: jax.checkpoint(terms)(*args), (h_NCD, t_NC))
+    lse, tl = lse.reshape(-1)[:B * T], tl.reshape(-1)[:B * T]
+  return lse.reshape(B, T), tl.reshape(B, T)

@@ -17,20 +17,25 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from modernlm_jax.model import ModelConfig
 from modernlm_jax.model.tpu_attention import kernel_mesh_context
 from modernlm_jax.train import checkpoint as ckpt_lib
 from modernlm_jax.train import mesh as mesh_lib
+from modernlm_jax.train import trace_summary
 from modernlm_jax.train.flops import device_peak_flops, flops_per_token
+from modernlm_jax.train.mesh import process_rows
 from modernlm_jax.train.metrics import MetricWriter, ProgressLine
 from modernlm_jax.train.objectives import make_objective
 from modernlm_jax.train.optim import learning_rate_schedule, make_optimizer
-from modernlm_jax.tasks.common import process_rows
 from modernlm_jax.train.prefetch import DevicePrefetcher, to_global
-from modernlm_jax.train.step import TrainState, create_state, jit_train_step, make_eval_step, make_train_step, \
-    state_shardings
+from modernlm_jax.train.step import (
+  create_state,
+  jit_train_step,
+  make_eval_step,
+  make_train_step,
+  state_shardings,
+)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -188,9 +193,7 @@ def train(config, workdir: str | Path, stage: StageData, *, init_params_fn: Call
         jax.block_until_ready(dev_metrics)  # the trace must cover the device work of its last step
         jax.profiler.stop_trace()
         tracing = False
-        from modernlm_jax.tasks import profile as profile_lib
-
-        profile_lib.summarize(workdir / "profile", top=15)
+        trace_summary.summarize(workdir / "profile", top=15)
       if pending and (pending[-1][0] == start or (pending[-1][0] + 1) % int(t_cfg.log_every) == 0):
         process_pending()  # the previous step was a log step
       pending.append((step, dev_metrics, data_state))

@@ -14,7 +14,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -105,3 +106,15 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def logical_rules_context():
   return nn.logical_axis_rules(LOGICAL_RULES)
+
+
+def process_rows(batch: dict) -> dict:
+  """This process's contiguous block of rows of a global host batch."""
+  n, pc, pi = None, jax.process_count(), jax.process_index()
+  out = {}
+  for k, v in batch.items():
+    n = v.shape[0]
+    if n % pc:
+      raise ValueError(f"eval batch of {n} rows is not divisible by {pc} processes")
+    out[k] = v[pi * n // pc:(pi + 1) * n // pc]
+  return out

@@ -13,7 +13,8 @@ import flax
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from modernlm_jax.model import ModelConfig, init_params, param_logical_axes
 from modernlm_jax.train import mesh as mesh_lib

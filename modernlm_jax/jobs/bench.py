@@ -37,6 +37,7 @@ from modernlm_jax.model.attention import select_attention_impl
 from modernlm_jax.model.scales import count_params
 from modernlm_jax.model.tpu_attention import kernel_mesh_context
 from modernlm_jax.train import mesh as mesh_lib
+from modernlm_jax.train import trace_summary
 from modernlm_jax.train.flops import device_peak_flops, flops_per_token
 from modernlm_jax.train.objectives import make_objective
 from modernlm_jax.train.optim import learning_rate_schedule, make_optimizer
@@ -123,7 +124,7 @@ def _train_iterator(c, workdir):
                             vocab_size=int(c.model.vocab_size), seed=int(c.seed), process_index=jax.process_index(),
                             process_count=jax.process_count())
   from modernlm_jax.data.pipeline import make_train_iterator
-  from modernlm_jax.tasks.common import run_tokenizer
+  from modernlm_jax.jobs.common import run_tokenizer
 
   tok = run_tokenizer(c, workdir)
   return make_train_iterator(c.data, tok, seed=int(c.seed), global_batch_size=int(c.train.batch_size),
@@ -250,12 +251,10 @@ def run(config, workdir: str | Path) -> dict[str, Any]:
         print(json.dumps(result), flush=True)
         (workdir / "bench.json").write_text(json.dumps(result, indent=2))
       if int(setup.config.bench.profile_steps) > 0:
-        from modernlm_jax.tasks import profile
-
-        setup.state = profile.trace_steps(setup.compiled, setup.state, setup.batches,
+        setup.state = trace_summary.trace_steps(setup.compiled, setup.state, setup.batches,
                                           int(setup.config.bench.profile_steps), workdir / "profile")
         if jax.process_index() == 0:
-          result["top_ops"] = [dataclasses.asdict(r) for r in profile.summarize(workdir / "profile",
+          result["top_ops"] = [dataclasses.asdict(r) for r in trace_summary.summarize(workdir / "profile",
                                                                                 int(setup.config.bench.top_ops))]
   finally:
     setup.close()

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import jax
 
+from modernlm_jax.jobs.common import run_tokenizer
 from modernlm_jax.model import ModelConfig
-from modernlm_jax.tasks.common import run_tokenizer
 from modernlm_jax.train.init_from import make_init_params_fn
 from modernlm_jax.train.loop import StageData, train
 

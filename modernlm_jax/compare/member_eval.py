@@ -14,9 +14,8 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from modernlm_jax.eval import perplexity
-from modernlm_jax.eval import results as results_lib
-from modernlm_jax.eval import statefulness
+from modernlm_jax.compare import results as results_lib
+from modernlm_jax.eval import perplexity, statefulness
 from modernlm_jax.model import LanguageModel, ModelConfig
 from modernlm_jax.train.metrics import read_metrics
 
@@ -137,7 +136,7 @@ def final_metrics(forward_fn: Callable, stream: tuple[np.ndarray, int], *, conte
 
 
 def statefulness_entry(forward_fn: Callable, tokenizer, cfg: ModelConfig, probes_cfg) -> dict:
-  from modernlm_jax.tasks.compare_plan import parse_ints
+  from modernlm_jax.compare.plan import parse_ints
 
   ctx = probe_context(cfg, int(probes_cfg.long_context))
   res = statefulness.run_probes(forward_fn, tokenizer, seed=int(probes_cfg.seed),

@@ -58,9 +58,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from modernlm_jax.eval import results as results_lib
-from modernlm_jax.eval import scaling as scaling_lib
-from modernlm_jax.eval import stats as stats_lib
+from modernlm_jax.compare import results as results_lib
+from modernlm_jax.compare import scaling as scaling_lib
+from modernlm_jax.compare import stats as stats_lib
 
 GO, FIX_FIRST, STOP = "GO", "FIX FIRST", "STOP"
 

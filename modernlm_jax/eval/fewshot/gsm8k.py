@@ -25,8 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from modernlm_jax.eval.fewshot.common import TaskDataError, build_prompt, fewshot_indices, read_jsonl, take
 from modernlm_jax.eval.scoring import Progress
-from modernlm_jax.eval.tasks_common import TaskDataError, build_prompt, fewshot_indices, read_jsonl, take
 
 GenerateFn = Callable[[list[list[int]], int, list[int]], list[list[int]]]
 STOP_STRINGS = ("Question:", "\n\n", "</s>", "<|im_end|>", "<|endoftext|>")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import jax
-
 
 def run_tokenizer(config, workdir: str | Path):
   """Builds (or reloads) the run's tokenizer; SentencePiece trains on the training source once."""
@@ -15,15 +13,3 @@ def run_tokenizer(config, workdir: str | Path):
   tok = build_tokenizer(config.tokenizer, str(workdir), train_texts=tokenizer_training_texts(config.data))
   check_vocab_fits(tok, int(config.model.vocab_size))
   return tok
-
-
-def process_rows(batch: dict) -> dict:
-  """This process's contiguous block of rows of a global host batch."""
-  n, pc, pi = None, jax.process_count(), jax.process_index()
-  out = {}
-  for k, v in batch.items():
-    n = v.shape[0]
-    if n % pc:
-      raise ValueError(f"eval batch of {n} rows is not divisible by {pc} processes")
-    out[k] = v[pi * n // pc:(pi + 1) * n // pc]
-  return out

@@ -16,8 +16,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
-from modernlm_jax.eval import results as results_lib
-from modernlm_jax.eval import scaling as scaling_lib
+from modernlm_jax.compare import results as results_lib
+from modernlm_jax.compare import scaling as scaling_lib
 
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 _STYLES = ("-", "--", ":", "-.")

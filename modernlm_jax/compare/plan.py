@@ -23,8 +23,7 @@ import jax
 import ml_collections
 
 from modernlm_jax.config_base import model_config_dict
-from modernlm_jax.model import ModelConfig
-from modernlm_jax.model import scales
+from modernlm_jax.model import ModelConfig, scales
 
 TOKENIZER_KINDS = ("auto", "gpt2", "sentencepiece", "bytes")
 # Train / data keys a variant may not touch: changing them would break the matched protocol.
@@ -68,7 +67,6 @@ def valid_scales() -> list[str]:
 
 
 def valid_families() -> list[str]:
-  scales._ensure_builtin_families()  # the recurrent family registers itself on import
   return list(scales.FAMILIES)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from modernlm_jax.eval import stage_table as stage_table_lib
+from modernlm_jax.compare import stage_table as stage_table_lib
 from modernlm_jax.eval import suite as suite_lib
 from modernlm_jax.eval.checkpoint_model import EvalModel, load_eval_model
 

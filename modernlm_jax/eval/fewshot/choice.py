@@ -26,9 +26,16 @@ from typing import Any
 
 import numpy as np
 
+from modernlm_jax.eval.fewshot.common import (
+    TaskDataError,
+    build_prompt,
+    fewshot_indices,
+    open_text,
+    read_jsonl,
+    score_choices,
+    take,
+)
 from modernlm_jax.eval.scoring import ForwardFn, Progress
-from modernlm_jax.eval.tasks_common import (TaskDataError, build_prompt, fewshot_indices,
-                                            open_text, read_jsonl, score_choices, take)
 
 # ---------------------------------------------------------------- LAMBADA
 

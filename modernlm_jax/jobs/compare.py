@@ -4,8 +4,8 @@
 
     DIR/tokenizer/               the one tokenizer every member uses (SentencePiece is trained once)
     DIR/runs/<arm>-<scale>-s<seed>/   each member's pretraining run (checkpoints, metrics.jsonl)
-    DIR/results.json             every measured number (schema: modernlm_jax.eval.results)
-    DIR/report.md, DIR/*.png     regenerated from results.json alone (modernlm_jax.eval.report)
+    DIR/results.json             every measured number (schema: modernlm_jax.compare.results)
+    DIR/report.md, DIR/*.png     regenerated from results.json alone (modernlm_jax.compare.report)
 
 Members share the data source, token budget, schedule and batch order (see `compare_plan`).
 Resumable: results.json is saved after every member; a member whose last checkpoint is at the
@@ -25,13 +25,14 @@ from typing import Any
 import jax
 import numpy as np
 
-from modernlm_jax.eval import decision
-from modernlm_jax.eval import report as report_lib
-from modernlm_jax.eval import results as results_lib
-from modernlm_jax.model import ModelConfig
-from modernlm_jax.model import scales
-from modernlm_jax.tasks import compare_eval, compare_inference, compare_plan, compare_smoke
-from modernlm_jax.tasks.compare_plan import Member
+from modernlm_jax.compare import decision, member_eval
+from modernlm_jax.compare import inference as inference_lib
+from modernlm_jax.compare import plan as plan_lib
+from modernlm_jax.compare import report as report_lib
+from modernlm_jax.compare import results as results_lib
+from modernlm_jax.compare import smoke as smoke_lib
+from modernlm_jax.compare.plan import Member
+from modernlm_jax.model import ModelConfig, scales
 from modernlm_jax.train.metrics import read_metrics
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ def _load_or_new(path: Path, proto: dict, members: list[Member]) -> dict:
   if not path.is_file():
     return results
   old = results_lib.load(path)
-  changed = {k: (old["protocol"].get(k), proto.get(k)) for k in compare_plan.PROTOCOL_IDENTITY_KEYS
+  changed = {k: (old["protocol"].get(k), proto.get(k)) for k in plan_lib.PROTOCOL_IDENTITY_KEYS
              if old["protocol"].get(k) != proto.get(k)}
   if changed:
     raise ValueError(f"{path} holds a comparison with a different protocol (saved, now): {changed}. Nothing was "
@@ -75,7 +76,7 @@ def _find_run(results: dict, member: Member) -> dict | None:
 
 def _param_count(config, member: Member) -> int:
   try:
-    return scales.count_params(compare_plan.model_config(config, member))["total"]
+    return scales.count_params(plan_lib.model_config(config, member))["total"]
   except Exception:  # noqa: BLE001 - a broken override: count the unmodified family so the entry stays valid
     return scales.count_params(scales.preset(f"{member.family}-{member.scale}"))["total"]
 
@@ -84,9 +85,9 @@ def _check_vocab(config, members: list[Member], tokenizers: dict) -> None:
   from modernlm_jax.data.tokenizers import check_vocab_fits
 
   for m in members:
-    if m.arm in compare_plan.variant_names(config):
+    if m.arm in plan_lib.variant_names(config):
       continue  # a variant's model overrides are checked (and may fail) inside its own run
-    check_vocab_fits(tokenizers[m.scale][0], compare_plan.model_config(config, m).vocab_size)
+    check_vocab_fits(tokenizers[m.scale][0], plan_lib.model_config(config, m).vocab_size)
 
 
 class _Context:
@@ -100,24 +101,24 @@ class _Context:
       cfgs = {}
       for m in (m for m in members if m.scale == scale):
         try:
-          cfgs[m.arm] = compare_plan.model_config(config, m)
+          cfgs[m.arm] = plan_lib.model_config(config, m)
         except ValueError:
           pass  # the member fails on its own when it runs
-      self.inference_plans[scale] = compare_inference.scale_plan(cfgs, config.compare.inference)
+      self.inference_plans[scale] = inference_lib.scale_plan(cfgs, config.compare.inference)
 
   def stream(self, tokenizer) -> tuple[np.ndarray, int]:
     if tokenizer.identity not in self.streams:
-      self.streams[tokenizer.identity] = compare_eval.validation_stream(
+      self.streams[tokenizer.identity] = member_eval.validation_stream(
           self.config.data, tokenizer, int(self.config.data.val_tokens))
     return self.streams[tokenizer.identity]
 
 
 def _train_member(ctx: _Context, member: Member):
-  from modernlm_jax.tasks.pretrain import pretrain_stage
+  from modernlm_jax.jobs.pretrain import pretrain_stage
   from modernlm_jax.train.loop import train
 
   tok, tok_cfg = ctx.tokenizers[member.scale]
-  mcfg = compare_plan.member_config(ctx.config, member, tok_cfg)
+  mcfg = plan_lib.member_config(ctx.config, member, tok_cfg)
   run_dir = member_dir(ctx.workdir, member)
   stage = pretrain_stage(mcfg, run_dir)
   start = final_checkpoint_step(run_dir) or 0
@@ -134,30 +135,30 @@ def _evaluate_member(ctx: _Context, member: Member, mcfg, params, tok) -> dict:
   model_cfg = ModelConfig.from_dict(mcfg.model)
   seq_len, batch = int(mcfg.data.seq_len), int(mcfg.train.batch_size)
   budget = int(mcfg.train.steps) * batch * seq_len
-  curves = compare_eval.curves_from_metrics(run_dir, batch * seq_len)
+  curves = member_eval.curves_from_metrics(run_dir, batch * seq_len)
   step_times = [r["step_time_s"] for r in read_metrics(run_dir) if r.get("step", 0) > 1 and "step_time_s" in r]
-  fwd = compare_eval.forward_fn_for(params, model_cfg)
+  fwd = member_eval.forward_fn_for(params, model_cfg)
   log.info("[compare] %s: validation loss / bits per byte", member.name)
-  final = compare_eval.final_metrics(
+  final = member_eval.final_metrics(
       fwd, ctx.stream(tok), context=min(seq_len, model_cfg.max_len), batch_size=int(c.eval_batch_size),
-      grad_norm_init=compare_eval.first_step_metric(run_dir, "grad_norm"),
+      grad_norm_init=member_eval.first_step_metric(run_dir, "grad_norm"),
       train_loss_final=next((l for l in reversed(curves["train_loss"]) if l is not None), None),
       train_flops=flops_per_token(model_cfg, seq_len) * budget,
       step_time_s=float(np.median(step_times)) if step_times else None)
   entry: dict[str, Any] = {"curves": curves, "final": final}
   if bool(c.probes.enabled):
     log.info("[compare] %s: statefulness probes", member.name)
-    entry["statefulness"] = compare_eval.statefulness_entry(fwd, tok, model_cfg, c.probes)
+    entry["statefulness"] = member_eval.statefulness_entry(fwd, tok, model_cfg, c.probes)
   if str(c.suite):
     log.info("[compare] %s: evaluation suite %r", member.name, str(c.suite))
-    entry["tasks"] = compare_eval.task_accuracies(params, model_cfg, fwd, tok, str(c.suite), str(c.data_root))
+    entry["tasks"] = member_eval.task_accuracies(params, model_cfg, fwd, tok, str(c.suite), str(c.data_root))
   if bool(c.inference.enabled):
     plan = ctx.inference_plans[member.scale][member.arm]
     log.info("[compare] %s: inference protocol (%s)", member.name,
              "own process" if plan["memory"] else "in process, no memory")
-    measured = (compare_inference.measure_in_subprocess(params, model_cfg, plan) if plan["memory"]
-                else compare_inference.measure(params, model_cfg, plan))
-    entry["inference"] = compare_inference.entry(measured, plan)
+    measured = (inference_lib.measure_in_subprocess(params, model_cfg, plan) if plan["memory"]
+                else inference_lib.measure(params, model_cfg, plan))
+    entry["inference"] = inference_lib.entry(measured, plan)
   return results_lib.make_run(member.arm, member.scale, member.seed, scales.count_params(model_cfg)["total"], **entry)
 
 
@@ -191,10 +192,10 @@ def _smoke(ctx: _Context, members: list[Member], results: dict) -> dict | None:
   from modernlm_jax.data.pipeline import make_train_iterator
 
   tok, tok_cfg = ctx.tokenizers[scale]
-  any_cfg = compare_plan.member_config(ctx.config, next(iter(ok.values())), tok_cfg)
+  any_cfg = plan_lib.member_config(ctx.config, next(iter(ok.values())), tok_cfg)
   it = make_train_iterator(any_cfg.data, tok, seed=seed, global_batch_size=int(any_cfg.train.batch_size))
   try:
-    batch = compare_smoke.overfit_batch(it.batch_at(0), int(s.overfit_rows),
+    batch = smoke_lib.overfit_batch(it.batch_at(0), int(s.overfit_rows),
                                         int(s.overfit_len) or int(any_cfg.data.seq_len))
   finally:
     it.close()
@@ -203,20 +204,20 @@ def _smoke(ctx: _Context, members: list[Member], results: dict) -> dict | None:
   for arm, m in ok.items():
     log.info("[compare] smoke: overfitting %s on %d tokens", arm, batch["inputs"].size)
     try:
-      r = compare_smoke.overfit(compare_plan.member_config(ctx.config, m, tok_cfg), batch,
+      r = smoke_lib.overfit(plan_lib.member_config(ctx.config, m, tok_cfg), batch,
                                 steps=int(s.overfit_steps), lr=float(s.overfit_lr))
     except Exception as e:  # noqa: BLE001 - recorded as missing, never fatal
       log.error("[compare] smoke overfit of %s failed: %s", arm, e)
       continue
     if np.isfinite(r["final_loss"]) and np.isfinite(r["first_loss"]):
       overfits[arm] = r
-    g = compare_eval.first_step_metric(member_dir(ctx.workdir, m), "grad_norm")
+    g = member_eval.first_step_metric(member_dir(ctx.workdir, m), "grad_norm")
     if g is not None:
       grads[arm] = g
-    curve, frac = compare_smoke.data_fraction_curve(_find_run(results, m)["curves"], budget,
+    curve, frac = smoke_lib.data_fraction_curve(_find_run(results, m)["curves"], budget,
                                                      float(s.data_fraction), int(s.min_points))
     fractions[arm], used = curve, max(used, frac)
-  return compare_smoke.smoke_entry(scale, overfit_results=overfits, overfit_size=int(batch["inputs"].size),
+  return smoke_lib.smoke_entry(scale, overfit_results=overfits, overfit_size=int(batch["inputs"].size),
                                    grad_norms=grads, fraction_curves=fractions, fraction_used=used)
 
 
@@ -226,14 +227,14 @@ def _smoke(ctx: _Context, members: list[Member], results: dict) -> dict | None:
 def run(config, workdir: str | Path) -> dict:
   """Runs (or resumes) the comparison in `workdir`; returns the results dict (also in results.json)."""
   workdir = Path(workdir).absolute()
-  members = compare_plan.plan(config)  # bad names fail here, before anything is trained
+  members = plan_lib.plan(config)  # bad names fail here, before anything is trained
   workdir.mkdir(parents=True, exist_ok=True)
   t0 = time.perf_counter()
   scale_names = list(dict.fromkeys(m.scale for m in members))
-  tokenizers = compare_plan.build_shared_tokenizers(config, workdir, scale_names)
+  tokenizers = plan_lib.build_shared_tokenizers(config, workdir, scale_names)
   _check_vocab(config, members, tokenizers)
   results_path = workdir / RESULTS_NAME
-  results = _load_or_new(results_path, compare_plan.protocol(config, tokenizers), members)
+  results = _load_or_new(results_path, plan_lib.protocol(config, tokenizers), members)
   ctx = _Context(config, workdir, members, tokenizers)
   is_main = jax.process_index() == 0
   steps = int(config.train.steps)

@@ -1,6 +1,6 @@
 """Loss parity: the optimised train step against the reference step, on the same batches, step by step.
 
-    python -m modernlm_jax.tasks.bench_parity --config=configs/bench.py:gpt2-125m [--steps=10]
+    python -m modernlm_jax.jobs.bench_parity --config=configs/bench.py:gpt2-125m [--steps=10]
 
 "Optimised" is the bench configuration as given (on a GPU: bf16 compute, cuDNN flash attention, the
 fused chunked vocabulary projection + loss). "Reference" is the same model, seed and batches in float32
@@ -43,7 +43,7 @@ def step_losses(setup, n: int) -> np.ndarray:
 
 
 def run(config, workdir: str | Path, steps: int = 10) -> dict:
-  from modernlm_jax.tasks import bench
+  from modernlm_jax.jobs import bench
 
   results = {}
   for name, cfg in (("optimised", config), ("reference", reference_config(config))):

@@ -8,7 +8,7 @@ are common to all families at a scale, so their times compare.
 
 Peak memory is a process-lifetime high-water mark (device allocator on GPU/TPU, RSS on CPU) that
 cannot be reset, so with `subprocess=True` each member is measured in a fresh Python process
-(`python -m modernlm_jax.tasks.compare_inference DIR`); in-process measurement leaves memory out.
+(`python -m modernlm_jax.compare.inference DIR`); in-process measurement leaves memory out.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def _cap_reason(cfg: ModelConfig) -> str:
 
 def scale_plan(cfgs: dict[str, ModelConfig], settings) -> dict[str, dict]:
   """arm -> measurement plan for one scale (common prefill / decode lengths, per-arm context lengths)."""
-  from modernlm_jax.tasks.compare_plan import parse_ints
+  from modernlm_jax.compare.plan import parse_ints
 
   caps = [c for c in (length_cap(cfg) for cfg in cfgs.values()) if c is not None]
   common_cap = min(caps) if caps else None
@@ -191,7 +191,7 @@ def measure_in_subprocess(params, cfg: ModelConfig, plan: dict, timeout_s: float
     (tmp / "job.json").write_text(json.dumps({"model": cfg.to_dict(), "plan": plan}))
     # The parent may hold a preallocated GPU pool; the child allocates on demand from what is left.
     env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
-    proc = subprocess.run([sys.executable, "-m", "modernlm_jax.tasks.compare_inference", str(tmp)],
+    proc = subprocess.run([sys.executable, "-m", "modernlm_jax.compare.inference", str(tmp)],
                           capture_output=True, text=True, timeout=timeout_s, env=env)
     if proc.returncode != 0 or not (tmp / "result.json").is_file():
       raise RuntimeError(f"inference measurement process failed (exit {proc.returncode}): "
@@ -201,7 +201,7 @@ def measure_in_subprocess(params, cfg: ModelConfig, plan: dict, timeout_s: float
 
 def main(argv: list[str]) -> None:
   if len(argv) != 2:
-    raise SystemExit("usage: python -m modernlm_jax.tasks.compare_inference JOB_DIR (written by measure_in_subprocess)")
+    raise SystemExit("usage: python -m modernlm_jax.compare.inference JOB_DIR (written by measure_in_subprocess)")
   job_dir = Path(argv[1])
   job = json.loads((job_dir / "job.json").read_text())
   cfg = ModelConfig.from_dict(job["model"])

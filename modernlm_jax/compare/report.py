@@ -13,12 +13,11 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from modernlm_jax.eval import decision
+from modernlm_jax.compare import decision, plots
+from modernlm_jax.compare import results as results_lib
+from modernlm_jax.compare import stats as stats_lib
+from modernlm_jax.compare.scaling import growth_label
 from modernlm_jax.eval import inference_protocol as ip
-from modernlm_jax.eval import plots
-from modernlm_jax.eval import results as results_lib
-from modernlm_jax.eval import stats as stats_lib
-from modernlm_jax.eval.scaling import growth_label
 
 REPORT_NAME = "report.md"
 FIGURES = {

@@ -16,10 +16,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from modernlm_jax.eval.tasks_choice import (load_hellaswag, load_lambada, load_sst2, run_hellaswag,
-                                            run_lambada, run_sst2)
-from modernlm_jax.eval.tasks_common import TaskDataError
-from modernlm_jax.eval.tasks_gsm8k import load_gsm8k, run_gsm8k
+from modernlm_jax.eval.fewshot.choice import (
+    load_hellaswag,
+    load_lambada,
+    load_sst2,
+    run_hellaswag,
+    run_lambada,
+    run_sst2,
+)
+from modernlm_jax.eval.fewshot.common import TaskDataError
+from modernlm_jax.eval.fewshot.gsm8k import load_gsm8k, run_gsm8k
 
 TASK_FILES: dict[str, tuple[str, ...]] = {
     # First existing candidate wins (the official HellaSwag jsonl if someone adds it).
