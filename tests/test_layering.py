@@ -28,7 +28,7 @@ def _imports(name: str, path: Path, known: set[str]) -> set[str]:
   tree = ast.parse(path.read_text(), filename=str(path))
   out: set[str] = set()
   is_pkg = path.name == "__init__.py"
-  for node in ast.walk(tree):
+  for node in _walk_outside_main_guard(tree):
     if isinstance(node, ast.Import):
       targets = [a.name for a in node.names]
     elif isinstance(node, ast.ImportFrom):
@@ -47,6 +47,18 @@ def _imports(name: str, path: Path, known: set[str]) -> set[str]:
       if t and t.startswith("modernlm_jax") and t != name and t != "modernlm_jax":
         out.add(t)
   return out
+
+
+def _walk_outside_main_guard(tree):
+  """Every node except those under `if __name__ == "__main__":`, which is entry-point glue (a module's `-m` form
+  may hand over to a command module above it)."""
+  todo = [tree]
+  while todo:
+    node = todo.pop()
+    if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test) and "__name__" in ast.unparse(node.test):
+      continue
+    yield node
+    todo.extend(ast.iter_child_nodes(node))
 
 
 def _graph() -> dict[str, set[str]]:
