@@ -166,3 +166,8 @@ def streaming_nll(params, cfg: ModelConfig, tokens: Sequence[int], *, cache_len:
     targets = toks[s + 1:s + n + 1]
     nll.extend((-np.asarray(logp)[np.arange(len(targets)), targets]).tolist())
   return np.asarray(nll)
+
+
+if __name__ == "__main__":  # `python -m modernlm_jax.generate ...`: the command lives in generate_cli (a layer up)
+  from modernlm_jax.generate_cli import main
+  raise SystemExit(main())

@@ -86,7 +86,12 @@ def main(argv):
   run_task(config, workdir)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+  """`python -m modernlm_jax.main` and the `modernlm-train` console script."""
   apply_cpu_workarounds()
   flags.mark_flag_as_required("config")
   app.run(main)
+
+
+if __name__ == "__main__":
+  cli()
