@@ -37,6 +37,10 @@ def train_defaults() -> ml_collections.ConfigDict:
       async_checkpoint=True,
       tensorboard=True,
       profile_steps=0,  # >0: write a jax.profiler trace of that many steps after warm-up
+      optimizer="adamw",  # adamw | muon (optax.contrib.muon for hidden matrices, AdamW for the rest)
+      muon_lr=0.02,  # Muon's peak rate (the schedule's shape follows train.lr's)
+      muon_beta=0.95,
+      trackers="tensorboard",  # comma-separated: tensorboard, wandb, trackio (metrics.jsonl is always written)
   ))
 
 

@@ -40,7 +40,62 @@ def make_optimizer(train_cfg, params) -> optax.GradientTransformation:
   chain = []
   if float(train_cfg.grad_clip) > 0:
     chain.append(optax.clip_by_global_norm(float(train_cfg.grad_clip)))
-  chain.append(optax.adamw(schedule, b1=float(train_cfg.b1), b2=float(train_cfg.b2), eps=float(train_cfg.eps),
-                           weight_decay=float(train_cfg.weight_decay),
-                           mask=decay_mask(params, bool(train_cfg.decay_embeddings))))
+  if train_cfg.get("optimizer", "adamw") != "adamw":
+    chain.append(make_matrix_optimizer(train_cfg, params, schedule))
+  else:
+    chain.append(optax.adamw(schedule, b1=float(train_cfg.b1), b2=float(train_cfg.b2), eps=float(train_cfg.eps),
+                             weight_decay=float(train_cfg.weight_decay),
+                             mask=decay_mask(params, bool(train_cfg.decay_embeddings))))
   return optax.chain(*chain)
+
+
+OPTIMIZERS = ("adamw", "muon")
+
+
+def muon_dimensions(path, leaf):
+  """How Muon sees a parameter as a matrix (reduction axes, output axes), or None for AdamW.
+
+  Hidden matrices get Muon: attention projections ([D, H, Dh] in, [H, Dh, D] out, gates) and MLP kernels.
+  Embeddings, the LM head, position tables, norms, biases, sinks and recurrent-mixer tensors stay on AdamW, as
+  in the modded-nanogpt speedrun (Muon is for the matrices between hidden states).
+  """
+  from optax.contrib import MuonDimensionNumbers
+
+  names = [str(getattr(k, "key", k)) for k in path]
+  if leaf.ndim < 2 or names[0] in ("embed", "pos_embed", "lm_head") or names[-1] == "pos_embed":
+    return None
+  last = names[-1]
+  if last in ("query_kernel", "key_kernel", "value_kernel", "gate_kernel") and leaf.ndim in (2, 3):
+    return MuonDimensionNumbers(reduction_axis=0, output_axis=tuple(range(1, leaf.ndim)))
+  if last == "out_kernel" and leaf.ndim == 3:
+    return MuonDimensionNumbers(reduction_axis=(0, 1), output_axis=2)
+  if last == "kernel" and leaf.ndim == 2:
+    return MuonDimensionNumbers(reduction_axis=0, output_axis=1)
+  return None
+
+
+def make_matrix_optimizer(train_cfg, params, schedule) -> optax.GradientTransformation:
+  """`train.optimizer=muon`: optax.contrib.muon for hidden matrices, AdamW (train.lr schedule) for the rest.
+
+  Muon's rate follows the same warmup/decay shape scaled to `train.muon_lr`; weight decay applies to the Muon
+  matrices and, through the usual mask, to the AdamW ones.
+  """
+  name = train_cfg.get("optimizer", "adamw")
+  if name != "muon":
+    raise ValueError(f"train.optimizer={name!r} is not valid; choose one of {list(OPTIMIZERS)}")
+  from optax.contrib import muon
+
+  peak = float(train_cfg.lr)
+  muon_lr = float(train_cfg.get("muon_lr", 0.02))
+  muon_schedule = lambda step: schedule(step) * (muon_lr / peak if peak else 0.0)
+  labels = jax.tree_util.tree_map_with_path(
+      lambda path, leaf: "adamw" if muon_dimensions(path, leaf) is None else "muon", params)
+  dims = lambda tree: jax.tree_util.tree_map_with_path(muon_dimensions, tree)
+  return optax.partition({
+      "muon": muon(muon_schedule, beta=float(train_cfg.get("muon_beta", 0.95)),
+                   weight_decay=float(train_cfg.weight_decay), muon_weight_dimension_numbers=dims),
+      # The mask is a function: inside the partition AdamW sees the tree with Muon's leaves masked out.
+      "adamw": optax.adamw(schedule, b1=float(train_cfg.b1), b2=float(train_cfg.b2), eps=float(train_cfg.eps),
+                           weight_decay=float(train_cfg.weight_decay),
+                           mask=lambda tree: decay_mask(tree, bool(train_cfg.decay_embeddings))),
+  }, labels)
