@@ -12,6 +12,7 @@ from modernlm_jax.jobs.common import run_tokenizer
 from modernlm_jax.model import ModelConfig
 from modernlm_jax.train.init_from import make_init_params_fn
 from modernlm_jax.train.loop import StageData, train
+from modernlm_jax.train.trackers import log_sample
 
 
 def pretrain_stage(config, workdir) -> StageData:
@@ -50,6 +51,7 @@ def run(config, workdir: str | Path, stage: StageData | None = None) -> dict:
   params = final.pop("params")
   if jax.process_index() == 0:
     final["sample"] = print_sample(config, params, stage.tokenizer)
+    log_sample(workdir, final["sample"], int(config.train.steps))  # to the trackers too (W&B, Trackio, TensorBoard)
     summary = {k: v for k, v in final.items() if isinstance(v, (int, float, str))}
     (Path(workdir) / "final_metrics.json").write_text(json.dumps(summary, indent=2))
     logging.info("final metrics: %s", summary)

@@ -129,7 +129,8 @@ def train(config, workdir: str | Path, stage: StageData, *, init_params_fn: Call
   eval_batches = [to_global(process_rows(b), mesh, 1) for b in stage.eval_batches]
   meta = {**identity, "tokenizer_identity": stage.tokenizer.identity, "config": json.loads(config.to_json_best_effort())}
   is_main = jax.process_index() == 0
-  writer = MetricWriter(workdir, tensorboard=bool(t_cfg.tensorboard) and is_main, enabled=is_main)
+  writer = MetricWriter(workdir, tensorboard=bool(t_cfg.tensorboard) and is_main, enabled=is_main,
+                        trackers=t_cfg.get("trackers", "tensorboard"), config=meta["config"])
   seq_len = int(config.data.seq_len)
   tokens_per_step = B * seq_len
   fpt = flops_per_token(model_cfg, seq_len)

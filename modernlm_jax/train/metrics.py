@@ -1,4 +1,5 @@
-"""Metric sinks: a JSONL file (what reports are regenerated from), TensorBoard, and a progress line."""
+"""Metric sinks: a JSONL file (what reports are regenerated from), TensorBoard / W&B / Trackio (`trackers.py`),
+and a progress line."""
 
 from __future__ import annotations
 
@@ -9,15 +10,22 @@ from pathlib import Path
 
 class MetricWriter:
 
-  def __init__(self, workdir: Path, *, tensorboard: bool, enabled: bool = True):
+  def __init__(self, workdir: Path, *, tensorboard: bool, enabled: bool = True, trackers: str = "tensorboard",
+               config: dict | None = None):
+    from modernlm_jax.train.trackers import open_trackers, parse_trackers
+
+    names = parse_trackers(trackers)
     self.enabled = enabled
     self.path = Path(workdir) / "metrics.jsonl"
     self._file = open(self.path, "a") if enabled else None
     self._tb = None
-    if enabled and tensorboard:
+    if enabled and tensorboard and "tensorboard" in names:
       from tensorboardX import SummaryWriter
 
       self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+      if config is not None:
+        self._tb.add_text("config", "```\n" + json.dumps(config, indent=2, sort_keys=True) + "\n```", 0)
+    self._trackers = open_trackers(names, Path(workdir), config) if enabled else []
 
   def write(self, metrics: dict) -> None:
     if not self.enabled:
@@ -29,6 +37,10 @@ class MetricWriter:
       for k, v in row.items():
         if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
           self._tb.add_scalar(k, v, row["step"])
+    if self._trackers and "step" in row:
+      scalars = {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+      for tracker in self._trackers:
+        tracker.log_scalars(int(row["step"]), scalars)
 
   def close(self) -> None:
     if self._file:
