@@ -305,7 +305,11 @@ def _read_tfds(spec: SourceSpec, field: str, tfds_split: str) -> list[str]:
             f"data source {spec.raw!r} needs tensorflow-datasets: pip install 'modernlm_jax[tfds]'"
         ) from err
     name, _ = _tfds_name_split(spec)
-    source = tfds.data_source(name, split=tfds_split, download=False)
+    data_dir = os.environ.get("TFDS_DATA_DIR") or None
+    try:
+        source = tfds.data_source(name, split=tfds_split, download=False, data_dir=data_dir)
+    except (KeyError, FileNotFoundError, NotImplementedError, tfds.core.DatasetNotFoundError) as err:
+        raise ValueError(_tfds_unavailable(tfds, spec, name, tfds_split, data_dir, err)) from err
     texts = []
     for i in range(len(source)):
         value = source[i]
@@ -319,6 +323,29 @@ def _read_tfds(spec: SourceSpec, field: str, tfds_split: str) -> list[str]:
         if text.strip():
             texts.append(text.strip())
     return texts
+
+
+def _tfds_unavailable(tfds, spec: SourceSpec, name: str, split: str, data_dir: str | None, err: Exception) -> str:
+    """Why a TFDS source cannot be read, with the command that fixes it (TFDS itself says `KeyError: splits`)."""
+    where = f"data_dir {data_dir}" if data_dir else "the default TFDS data_dir (~/tensorflow_datasets)"
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except Exception as e:  # noqa: BLE001 - an unknown name or config: TFDS's own message lists candidates
+        return (f"data source {spec.raw!r}: {name!r} is not a TFDS dataset this installation knows "
+                f"({type(e).__name__}: {str(e)[:300]})")
+    # Random access (tfds.data_source) needs the array_record file format, not TFDS's default tfrecord.
+    build = f"`tfds build {name} --file_format=array_record`"
+    if not builder.is_prepared():
+        return (f"data source {spec.raw!r}: TFDS dataset {name!r} is not prepared in {where}. Prepare it once with "
+                f"{build} (add `--data_dir DIR` to choose where; it downloads the data) and set TFDS_DATA_DIR to that "
+                "data_dir if it is not the default; training never downloads data itself")
+    if isinstance(err, NotImplementedError):
+        return (f"data source {spec.raw!r}: TFDS dataset {name!r} in {builder.data_dir} is stored as "
+                f"{builder.info.file_format}, which has no random access; rebuild it with {build} "
+                "(into another --data_dir, then point TFDS_DATA_DIR there)")
+    splits = sorted(builder.info.splits)
+    return (f"data source {spec.raw!r}: TFDS dataset {name!r} (in {builder.data_dir}) has no split {split!r}; "
+            f"available: {splits}. Name one as 'tfds:{name}:SPLIT' ({type(err).__name__}: {str(err)[:200]})")
 
 
 # ----------------------------------------------------------------------------- public API
