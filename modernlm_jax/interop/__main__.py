@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
       description="Write a directory that transformers' AutoModelForCausalLM.from_pretrained loads. The model config "
                   "comes from --preset, the model_config.json saved next to params.msgpack, or the run's checkpoint "
                   "metadata; the run's tokenizer is written in its HF form (GPT-2 BPE, SentencePiece) too.")
-  exp.add_argument("--run", "--params", dest="params", required=True,
+  exp.add_argument("--run", "--params", dest="params", required=True, metavar="RUN",
                    help="a run directory (newest checkpoint), one <run>/checkpoints/<step>, a params .msgpack file, "
                         "or a directory holding params.msgpack")
   exp.add_argument("--format", default="auto", choices=FORMATS,
