@@ -20,8 +20,9 @@ from modernlm_jax.data.tokenizers import SP_MODEL_FILE, SP_SETTINGS_FILE, build_
 from modernlm_jax.model import ModelConfig
 from modernlm_jax.train.init_from import InitFromError, make_init_params_fn, read_meta
 from modernlm_jax.train.loop import StageData, train
+from modernlm_jax.train.registry import make_objective
 
-STAGES = {"sft": "sft", "dpo": "dpo"}  # task -> objective
+DATA_KIND = {"tokens": "sft", "pairs": "dpo"}  # objective.batch_kind -> post-training data pipeline
 
 
 def _run_dirs(init_from: Path) -> list[Path]:
@@ -85,8 +86,13 @@ def _has_checkpoint(workdir: Path) -> bool:
   return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
 
 
+def data_kind(config) -> str:
+  """The post-training pipeline the stage's objective reads: token rows (SFT-style) or preference pairs."""
+  return DATA_KIND[make_objective(config).batch_kind]
+
+
 def posttrain_stage(config, workdir: str | Path, tokenizer) -> tuple[StageData, ptp.PostTrainData]:
-  kind = config.task
+  kind = data_kind(config)
   if int(config.data.seq_len) > int(config.model.max_len):
     raise ValueError(f"data.seq_len={config.data.seq_len} exceeds the model's max_len={config.model.max_len}; "
                      "lower --config.data.seq_len")
@@ -117,12 +123,9 @@ def print_instruction_sample(config, params, tokenizer) -> str:
 
 
 def run(config, workdir: str | Path) -> dict:
-  """`config.task` "sft" or "dpo": tokenizer and weights from `config.init_from`, then the shared loop."""
-  kind = config.task
-  if kind not in STAGES:
-    raise ValueError(f"posttrain runs config.task 'sft' or 'dpo', got {kind!r}")
-  if config.objective != STAGES[kind]:
-    raise ValueError(f"config.task={kind!r} needs config.objective={STAGES[kind]!r}, got {config.objective!r}")
+  """A post-training stage (`config.task` "sft" or "dpo"; the objective decides the data): tokenizer and weights
+  from `config.init_from`, then the shared loop."""
+  kind = data_kind(config)
   if not str(config.init_from):
     raise InitFromError(f"{kind} starts from an earlier run: set --config.init_from=<run directory or checkpoint "
                         f"step directory> (e.g. the --workdir of {'pretraining' if kind == 'sft' else 'SFT'})")
