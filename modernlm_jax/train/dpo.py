@@ -21,8 +21,6 @@ import jax.numpy as jnp
 from modernlm_jax.model import LanguageModel, ModelConfig, output_embedding
 from modernlm_jax.train.fused_ce import cross_entropy_terms
 
-SIDES = ("chosen", "rejected")
-
 
 def response_logps(params, model_cfg: ModelConfig, batch: dict, loss_chunk: int = 0):
   """Σ over masked positions of log p(target | prefix), per row: float32 [B]."""
