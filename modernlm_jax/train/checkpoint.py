@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from modernlm_jax import paths
 from modernlm_jax.train.step import TrainState
 
 
@@ -86,7 +87,7 @@ def _from_tree(tree: dict, template: TrainState) -> TrainState:
 class Checkpointer:
 
   def __init__(self, directory: str | Path, *, keep: int = 3, async_save: bool = True):
-    self.directory = Path(directory).absolute()
+    self.directory = paths.path(directory)  # local or gs://: orbax writes both
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=True),
