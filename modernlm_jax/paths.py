@@ -115,12 +115,12 @@ def write_text_atomic(p: PathLike, text: str) -> None:
 def copy_tree(src: PathLike, dst: PathLike) -> None:
   """Copies the files under `src` into `dst` (either side local or remote), overwriting same-named files."""
   src, dst = path(src), path(dst)
-  for d, _, files in src.walk():
-    rel = os.path.relpath(os.fspath(d), os.fspath(src))
-    out = dst if rel == "." else dst / rel
-    out.mkdir(parents=True, exist_ok=True)
-    for f in files:
-      (out / f).write_bytes((path(d) / f).read_bytes())
+  dst.mkdir(parents=True, exist_ok=True)
+  for child in src.iterdir():
+    if child.is_dir():
+      copy_tree(child, dst / child.name)
+    else:
+      (dst / child.name).write_bytes(child.read_bytes())
 
 
 class LocalMirror:
