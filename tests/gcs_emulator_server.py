@@ -31,10 +31,14 @@ def main() -> None:
   p.add_argument("--bucket", required=True)
   args = p.parse_args()
   objects.download = _download_with_generation  # objects.get (alt=media) calls it by module name
+  replaced = 0
   for _, methods in server.HANDLERS:
     for method, handler in list(methods.items()):
       if handler is _download:
         methods[method] = _download_with_generation
+        replaced += 1
+  if not replaced:
+    raise SystemExit("gcp-storage-emulator's routing table changed: no download route found to add the header to")
   server.create_server("127.0.0.1", args.port, in_memory=True, default_bucket=args.bucket).run()
 
 

@@ -1,9 +1,10 @@
 """JAX's persistent compilation cache in a per-host local folder (`train.compilation_cache_dir`).
 
 A restarted job (after preemption, or the next stage on the same host) loads its compiled programs instead
-of compiling them again. "auto" (the default) is `$XDG_CACHE_HOME/modernlm_jax/jax_compilation_cache`
-(`~/.cache/...`); an empty string turns the cache off. The folder stays on local disk: compiled programs
-are specific to the host's devices, and a shared bucket would make every host wait on the others' writes.
+of compiling them again. "auto" (the default) is `$XDG_CACHE_HOME/modernlm_jax/jax_compilation_cache/<host>`
+(`~/.cache/...`; the host name keeps it per host even where home folders are shared over NFS); an empty
+string turns the cache off. It stays on local disk, never in the run's bucket: compiled programs are
+specific to the host's devices, and every start would otherwise wait on remote reads.
 Hits, misses and the time spent compiling are counted and logged when the job ends.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 
 import jax
 
@@ -20,7 +22,7 @@ _listening = False
 
 def default_dir() -> str:
   base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  return os.path.join(base, "modernlm_jax", "jax_compilation_cache")
+  return os.path.join(base, "modernlm_jax", "jax_compilation_cache", socket.gethostname() or "host")
 
 
 def resolve_dir(setting: str) -> str | None:
