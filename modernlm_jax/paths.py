@@ -84,8 +84,8 @@ def check_access(p: PathLike) -> None:
     except google.auth.exceptions.GoogleAuthError as e:
       raise StorageAccessError(f"cannot use bucket gs://{bucket} (for {s}): no Google Cloud credentials found "
                                f"({type(e).__name__}); {AUTH_HELP}") from None
-  try:
-    gcsfs.GCSFileSystem().ls(bucket, refresh=True)
+  try:  # one object listed at most: cheap on a bucket of any size, and needs only object-list permission
+    gcsfs.GCSFileSystem().call("GET", "b/{}/o", bucket, maxResults=1, json_out=True)
   except FileNotFoundError:
     raise StorageAccessError(f"bucket gs://{bucket} (for {s}) does not exist or is not visible with these "
                              f"credentials; create it (gcloud storage buckets create gs://{bucket}) or fix the "
