@@ -185,3 +185,21 @@ def test_pretrain_on_gs_resumes_bit_identically_and_feeds_eval_and_sft(gcs, tmp_
   assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
   out = json.loads(paths.path(f"gs://{BUCKET}/eval/eval.json").read_text())
   assert workdir in out["checkpoints"]
+
+
+@pytest.mark.slow
+def test_comparison_results_and_report_on_gcs(gcs):
+  from test_report import make_results
+
+  from modernlm_jax.compare import report as report_lib
+  from modernlm_jax.compare import results as results_lib
+  from modernlm_jax.jobs.compare import _write_report
+
+  workdir = paths.path(f"gs://{BUCKET}/compare")
+  results = make_results()
+  results_lib.save(results, workdir / "results.json")
+  assert results_lib.load(workdir / "results.json") == json.loads(json.dumps(results))
+  report = _write_report(results, workdir)
+  assert str(report) == f"gs://{BUCKET}/compare/{report_lib.REPORT_NAME}"
+  assert "# Matched comparison report" in report.read_text()
+  assert any(p.name.endswith(".png") for p in workdir.iterdir()), "figures are uploaded next to the report"
