@@ -25,6 +25,9 @@ from typing import Union
 from etils import epath
 
 Path = epath.Path
+# One gs:// client everywhere (gcsfs: what check_access checks and emulators serve). etils would otherwise switch
+# to tf.io.gfile whenever TensorFlow happens to be installed; it reads this once, at its first path operation.
+os.environ.setdefault("EPATH_USE_TF", "false")
 PathLike = Union[str, os.PathLike]
 
 AUTH_HELP = ("authenticate with `gcloud auth application-default login` (a workstation), or set "
@@ -41,7 +44,7 @@ def is_remote(p: PathLike) -> bool:
   return "://" in os.fspath(p)
 
 
-def _use_emulator_for_tensorstore() -> None:
+def _configure_clients() -> None:
   emulator = os.environ.get("STORAGE_EMULATOR_HOST")
   if emulator and not os.environ.get("TENSORSTORE_GCS_HTTP_URL"):
     os.environ["TENSORSTORE_GCS_HTTP_URL"] = emulator if "://" in emulator else f"http://{emulator}"
@@ -52,7 +55,7 @@ def path(p: PathLike) -> Path:
   paths, and a relative one would change meaning if the working directory did)."""
   s = os.fspath(p)
   if is_remote(s):
-    _use_emulator_for_tensorstore()
+    _configure_clients()
     logging.getLogger("gcsfs").setLevel(logging.ERROR)  # it warns on every open that bucket-type probes need auth
     return Path(s)
   return Path(os.path.abspath(os.path.expanduser(s)))
