@@ -203,3 +203,11 @@ def test_comparison_results_and_report_on_gcs(gcs):
   assert str(report) == f"gs://{BUCKET}/compare/{report_lib.REPORT_NAME}"
   assert "# Matched comparison report" in report.read_text()
   assert any(p.name.endswith(".png") for p in workdir.iterdir()), "figures are uploaded next to the report"
+
+
+def test_one_emulator_setting_points_tensorstore_there_too(monkeypatch):
+  monkeypatch.delenv("TENSORSTORE_GCS_HTTP_URL", raising=False)
+  monkeypatch.setenv("STORAGE_EMULATOR_HOST", "127.0.0.1:9")
+  paths.path("gs://b/x")
+  assert os.environ["TENSORSTORE_GCS_HTTP_URL"] == "http://127.0.0.1:9"
+  assert os.environ["EPATH_USE_TF"] == "false"  # gs:// always through gcsfs, TensorFlow installed or not
