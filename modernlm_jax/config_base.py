@@ -37,6 +37,7 @@ def train_defaults() -> ml_collections.ConfigDict:
       async_checkpoint=True,
       tensorboard=True,
       profile_steps=0,  # >0: write a jax.profiler trace of that many steps after warm-up
+      compilation_cache_dir="auto",  # per-host persistent JAX compilation cache; auto = ~/.cache/modernlm_jax/...; '' = off
   ))
 
 

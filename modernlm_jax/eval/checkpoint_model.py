@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from modernlm_jax import paths
 from modernlm_jax.model import LanguageModel, ModelConfig
 
 ForwardFn = Callable[[Any, Any, Any], jax.Array]
@@ -153,7 +154,7 @@ def _run_dir_and_checkpoints(p: Path) -> tuple[Path, Path, int | None]:
 def _read_checkpoint(ckpt_dir: Path, step: int | None) -> tuple[dict, dict, int]:
     import orbax.checkpoint as ocp
 
-    mngr = ocp.CheckpointManager(ckpt_dir.absolute(), item_names=("state", "data", "meta"),
+    mngr = ocp.CheckpointManager(paths.path(ckpt_dir), item_names=("state", "data", "meta"),
                                  options=ocp.CheckpointManagerOptions(read_only=True))
     step = mngr.latest_step() if step is None else step
     if step is None:
@@ -199,7 +200,7 @@ def load_eval_model(path: str | Path, *, tokenizer_cfg: Mapping[str, Any] | None
     """Loads parameters, ModelConfig and tokenizer from a run or params directory; see module docstring."""
     from modernlm_jax.data.tokenizers import GPT2_VOCAB_SIZE, GPT2Tokenizer, check_vocab_fits
 
-    p = Path(path).expanduser()
+    p = paths.path(path)
     if not p.exists():
         raise EvalCheckpointError(f"checkpoint {str(path)!r} does not exist; pass --config.checkpoint=<run directory>")
     override = dict(tokenizer_cfg or {})

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from modernlm_jax import paths
 from modernlm_jax.train.step import TrainState
 
 
@@ -86,7 +87,7 @@ def _from_tree(tree: dict, template: TrainState) -> TrainState:
 class Checkpointer:
 
   def __init__(self, directory: str | Path, *, keep: int = 3, async_save: bool = True):
-    self.directory = Path(directory).absolute()
+    self.directory = paths.path(directory)  # local or gs://: orbax writes both
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=True),
@@ -181,7 +182,8 @@ def abstract_with_shardings(abstract_state: TrainState, shardings: TrainState) -
 
 def run_identity(config) -> dict[str, Any]:
   """What must match for a checkpoint to be resumable with this config."""
-  return {"model": json.loads(json.dumps(config.model.to_dict())), "tokenizer_kind": config.tokenizer.kind}
+  return {"model": json.loads(json.dumps(config.model.to_dict())), "tokenizer_kind": config.tokenizer.kind,
+          "global_batch_size": int(config.train.batch_size)}
 
 
 def check_identity(stored: dict, current: dict, tokenizer_identity: str | None, workdir: str) -> None:
@@ -193,8 +195,21 @@ def check_identity(stored: dict, current: dict, tokenizer_identity: str | None, 
     raise CheckpointError(
         f"{workdir} holds a checkpoint of a different model (stored vs requested: {diff}). Nothing was overwritten; "
         "use a new --workdir, or the stored model settings to resume.")
+  _check_global_batch(stored, current, workdir)
   stored_tok = stored.get("tokenizer_identity")
   if tokenizer_identity and stored_tok and stored_tok != tokenizer_identity:
     raise CheckpointError(
         f"{workdir} holds a checkpoint trained with tokenizer {stored_tok!r}, but this run uses {tokenizer_identity!r}. "
         "Nothing was overwritten; use a new --workdir or the original tokenizer.")
+
+
+def _check_global_batch(stored: dict, current: dict, workdir: str) -> None:
+  """Batches are a pure function of (seed, step, global batch): a resume on any host count sees the same data
+  only with the same global batch (per-host rows = global batch / process count)."""
+  saved = stored.get("global_batch_size", ((stored.get("config") or {}).get("train") or {}).get("batch_size"))
+  now = current.get("global_batch_size")
+  if saved is not None and now is not None and int(saved) != int(now):
+    raise CheckpointError(
+        f"{workdir} was trained with global batch train.batch_size={saved}, but this run asks for {now}: the "
+        f"data order and the optimizer state would not continue. Resume with --config.train.batch_size={saved} "
+        "(the global batch; it is split over however many hosts run now), or use a new --workdir.")

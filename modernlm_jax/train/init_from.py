@@ -14,6 +14,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from modernlm_jax import paths
+
 
 class InitFromError(ValueError):
   pass
@@ -22,7 +24,7 @@ class InitFromError(ValueError):
 def checkpoint_location(path: str) -> tuple[Path, int | None] | None:
   """(checkpoint directory, step or None = newest) for a run directory, its checkpoints/ or one
   checkpoints/<step>; None for an exported params folder (params.msgpack + model_config.json)."""
-  p = Path(path).expanduser()
+  p = paths.path(path)
   if not p.exists():
     raise InitFromError(f"init_from={path!r} does not exist; point it at a run directory (with checkpoints/) "
                         "or an exported params directory")
@@ -38,7 +40,7 @@ def checkpoint_location(path: str) -> tuple[Path, int | None] | None:
 
 
 def _open_step(ckpt_dir: Path, step: int | None):
-  mngr = ocp.CheckpointManager(ckpt_dir.absolute(), item_names=("state", "data", "meta"),
+  mngr = ocp.CheckpointManager(paths.path(ckpt_dir), item_names=("state", "data", "meta"),
                                options=ocp.CheckpointManagerOptions(read_only=True))
   step = mngr.latest_step() if step is None else step
   if step is None:
@@ -59,7 +61,7 @@ def load_params(path: str) -> tuple[dict, dict]:
   """(params as host arrays, metadata with at least `model`) from any supported location."""
   location = checkpoint_location(path)
   if location is None:
-    p = Path(path).expanduser()
+    p = paths.path(path)
     cfg_file = p / "model_config.json"
     if not cfg_file.exists():
       raise InitFromError(f"{p} has params.msgpack but no model_config.json next to it")

@@ -19,6 +19,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from modernlm_jax import paths
 from modernlm_jax.model import ModelConfig, init_params
 from modernlm_jax.model.tpu_attention import kernel_mesh_context
 from modernlm_jax.train import checkpoint as ckpt_lib
@@ -102,7 +103,7 @@ def train(config, workdir: str | Path, stage: StageData, *, init_params_fn: Call
   `stop_at` ends this invocation early at that step with a checkpoint (a time-sliced or preemptible
   job); the schedule still follows `config.train.steps`, so the next invocation continues exactly.
   """
-  workdir = Path(workdir)
+  workdir = paths.path(workdir)  # local or gs://
   workdir.mkdir(parents=True, exist_ok=True)
   t_cfg = config.train
   model_cfg = ModelConfig.from_dict(config.model)
