@@ -55,6 +55,24 @@ def _on_cloud_tpu_vm() -> bool:
   return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
 
 
+def check_storage(config, workdir: str) -> None:
+  """gs:// locations need credentials and a bucket: checked in seconds, before anything is written anywhere."""
+  from modernlm_jax import paths
+
+  named = [workdir, str(config.get("init_from", "") or "")]
+  named += [s for key in ("checkpoint", "stages") for s in str(config.get(key, "") or "").replace("=", ",").split(",")]
+  for location in dict.fromkeys(s.strip() for s in named if paths.is_remote(s.strip())):
+    paths.check_access(location)
+
+
+def setup_compilation_cache(config) -> None:
+  """The per-host persistent compilation cache (train.compilation_cache_dir; '' = off), before compiling."""
+  from modernlm_jax.train import compile_cache
+
+  train_cfg = config.get("train") or {}
+  compile_cache.setup(str(train_cfg.get("compilation_cache_dir", "auto")))
+
+
 def run_task(config, workdir: str):
   task = config.task
   if task == "pretrain":
@@ -82,8 +100,16 @@ def main(argv):
   logging.getLogger("absl").setLevel(logging.WARNING)
   config = _CONFIG.value
   workdir = _WORKDIR.value or os.path.join("runs", f"{config.task}-{config.get('preset', 'run')}")
+  try:
+    check_storage(config, workdir)
+  except RuntimeError as e:  # paths.StorageAccessError: the message names the bucket and the fix
+    raise SystemExit(f"error: {e}") from None
   maybe_initialize_distributed()
+  setup_compilation_cache(config)
   run_task(config, workdir)
+  from modernlm_jax.train import compile_cache
+
+  compile_cache.log_stats()
 
 
 def cli() -> None:

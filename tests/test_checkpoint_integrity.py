@@ -19,10 +19,10 @@ import pytest
 from kill_worker import worker_config, write_corpus
 
 from modernlm_jax.jobs.pretrain import pretrain_stage
-from modernlm_jax.model import ModelConfig
+from modernlm_jax.model import ModelConfig, init_params
 from modernlm_jax.train import checkpoint as ckpt_lib
 from modernlm_jax.train import mesh as mesh_lib
-from modernlm_jax.train.loop import _NoOpt, train
+from modernlm_jax.train.loop import train
 from modernlm_jax.train.optim import make_optimizer
 from modernlm_jax.train.step import create_state, state_shardings
 
@@ -105,7 +105,7 @@ def tree_digest(path: Path) -> dict[str, str]:
 def abstract_state(config):
   """What the loop passes to Checkpointer.restore: shapes, dtypes and shardings of the train state."""
   model_cfg = ModelConfig.from_dict(config.model)
-  optimizer = make_optimizer(config.train, jax.eval_shape(lambda: create_state(model_cfg, _NoOpt(), 0).params))
+  optimizer = make_optimizer(config.train, jax.eval_shape(lambda: init_params(model_cfg, 0)))
   abstract = jax.eval_shape(lambda: create_state(model_cfg, optimizer, config.seed))
   shardings = state_shardings(abstract, model_cfg, mesh_lib.make_mesh(config.mesh))
   return ckpt_lib.abstract_with_shardings(abstract, shardings)

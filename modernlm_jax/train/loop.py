@@ -1,6 +1,7 @@
 """The one training loop pretraining, SFT and DPO share: restore, step, log, evaluate, checkpoint.
 
-Stages differ only by `config.objective` and the batches `data_factory` produces. The host never
+Stages differ only by their objective (`config.objective`, looked up in `train/registry.py`: its batch kind,
+whether it needs a frozen reference, whether its loss is a perplexity) and the batches the stage feeds. The host never
 waits on the device inside the loop: step s's metrics are read after step s+1 was dispatched, and
 batches are prepared and placed on device by a background thread.
 """
@@ -18,7 +19,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from modernlm_jax.model import ModelConfig
+from modernlm_jax import paths
+from modernlm_jax.model import ModelConfig, init_params
 from modernlm_jax.model.tpu_attention import kernel_mesh_context
 from modernlm_jax.train import checkpoint as ckpt_lib
 from modernlm_jax.train import mesh as mesh_lib
@@ -26,9 +28,9 @@ from modernlm_jax.train import trace_summary
 from modernlm_jax.train.flops import device_peak_flops, flops_per_token
 from modernlm_jax.train.mesh import process_rows
 from modernlm_jax.train.metrics import MetricWriter, ProgressLine
-from modernlm_jax.train.objectives import make_objective
 from modernlm_jax.train.optim import learning_rate_schedule, make_optimizer
 from modernlm_jax.train.prefetch import DevicePrefetcher, to_global
+from modernlm_jax.train.registry import make_objective
 from modernlm_jax.train.step import (
   create_state,
   jit_train_step,
@@ -56,7 +58,7 @@ def _host_metrics(pending: list) -> list[dict[str, float]]:
   return [{k: float(v) for k, v in m.items()} for m in jax.device_get([p[1] for p in pending])]
 
 
-def evaluate(eval_step, params, batches, ref_params=None, *, loss_is_token_nll: bool = True) -> dict[str, float]:
+def evaluate(eval_step, params, batches, ref_params=None, *, reports_perplexity: bool = True) -> dict[str, float]:
   """Weighted means of the objective's sums over `batches`, as `val_<name>`; `val_ppl` only when the loss
   is a per-token negative log-likelihood (not for DPO, whose loss is a per-pair preference loss)."""
   totals: dict[str, float] = {}
@@ -68,13 +70,12 @@ def evaluate(eval_step, params, batches, ref_params=None, *, loss_is_token_nll: 
       totals[k] = totals.get(k, 0.0) + float(v)
     weight += float(w)
   out = {f"val_{k}": v / max(weight, 1.0) for k, v in totals.items()}
-  if "val_loss" in out and loss_is_token_nll:
+  if "val_loss" in out and reports_perplexity:
     out["val_ppl"] = math.exp(min(out["val_loss"], 50.0))
   return out
 
 
-def _init_or_restore(config, model_cfg, optimizer, mesh, ckpt, stage: StageData, init_params_fn):
-  with_ref = config.objective == "dpo"
+def _init_or_restore(config, model_cfg, optimizer, mesh, ckpt, stage: StageData, init_params_fn, with_ref: bool):
   abstract = jax.eval_shape(lambda: create_state(model_cfg, optimizer, config.seed, with_reference=with_ref))
   shardings = state_shardings(abstract, model_cfg, mesh)
   if ckpt.latest_step() is not None:
@@ -102,7 +103,7 @@ def train(config, workdir: str | Path, stage: StageData, *, init_params_fn: Call
   `stop_at` ends this invocation early at that step with a checkpoint (a time-sliced or preemptible
   job); the schedule still follows `config.train.steps`, so the next invocation continues exactly.
   """
-  workdir = Path(workdir)
+  workdir = paths.path(workdir)  # local or gs://
   workdir.mkdir(parents=True, exist_ok=True)
   t_cfg = config.train
   model_cfg = ModelConfig.from_dict(config.model)
@@ -118,10 +119,10 @@ def train(config, workdir: str | Path, stage: StageData, *, init_params_fn: Call
   if ckpt.latest_step() is not None:
     ckpt_lib.check_identity(ckpt.read_meta() or {}, identity, stage.tokenizer.identity, str(workdir))
   objective = make_objective(config)
-  optimizer = make_optimizer(t_cfg, jax.eval_shape(lambda: create_state(
-      model_cfg, _NoOpt(), config.seed).params))
+  optimizer = make_optimizer(t_cfg, jax.eval_shape(lambda: init_params(model_cfg, int(config.seed))))
   schedule = learning_rate_schedule(t_cfg)
-  state, shardings, start = _init_or_restore(config, model_cfg, optimizer, mesh, ckpt, stage, init_params_fn)
+  state, shardings, start = _init_or_restore(config, model_cfg, optimizer, mesh, ckpt, stage, init_params_fn,
+                                             with_ref=bool(objective.needs_reference))
 
   step_fn = jit_train_step(make_train_step(objective, optimizer, schedule, accum_steps=accum,
                                        guard_nonfinite=bool(t_cfg.skip_nonfinite)), shardings, mesh, accum)
@@ -205,7 +206,7 @@ def train(config, workdir: str | Path, stage: StageData, *, init_params_fn: Call
         process_pending()  # syncs on this step: never evaluate or save a non-finite state unnoticed
       if evaluate_now:
         ev = evaluate(eval_step, state.params, eval_batches, state.ref_params,
-                      loss_is_token_nll=getattr(objective, "loss_is_token_nll", True))
+                      reports_perplexity=bool(objective.reports_perplexity))
         ev["step"] = step + 1
         writer.write(ev)
         progress.show({**final, **ev})
@@ -224,10 +225,3 @@ def train(config, workdir: str | Path, stage: StageData, *, init_params_fn: Call
   final["skipped_steps"] = int(jax.device_get(state.skipped))
   final["params"] = state.params
   return final
-
-
-class _NoOpt:
-  """Stand-in optimizer used only to trace parameter shapes (the real one needs them for its mask)."""
-
-  def init(self, params):
-    return ()

@@ -7,8 +7,12 @@ import json
 import time
 from pathlib import Path
 
+from modernlm_jax import paths
+
 
 class MetricWriter:
+  """Process 0 writes; on a gs:// workdir both files are written locally and uploaded (paths.LocalMirror):
+  object stores cannot append, and tensorboardX writes only local files without extra GCS clients."""
 
   def __init__(self, workdir: Path, *, tensorboard: bool, enabled: bool = True, trackers: str = "tensorboard",
                config: dict | None = None):
@@ -16,16 +20,19 @@ class MetricWriter:
 
     names = parse_trackers(trackers)
     self.enabled = enabled
-    self.path = Path(workdir) / "metrics.jsonl"
-    self._file = open(self.path, "a") if enabled else None
+    self._mirror = paths.LocalMirror(workdir) if enabled else None
+    self.path = paths.path(workdir) / "metrics.jsonl"
+    if enabled:
+      self._mirror.pull("metrics.jsonl")  # a resumed run appends to the rows already there
+    self._file = open(self._mirror.local / "metrics.jsonl", "a") if enabled else None
     self._tb = None
     if enabled and tensorboard and "tensorboard" in names:
       from tensorboardX import SummaryWriter
 
-      self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+      self._tb = SummaryWriter(str(self._mirror.local / "tensorboard"))
       if config is not None:
         self._tb.add_text("config", "```\n" + json.dumps(config, indent=2, sort_keys=True) + "\n```", 0)
-    self._trackers = open_trackers(names, Path(workdir), config) if enabled else []
+    self._trackers = open_trackers(names, workdir, config, local_dir=self._mirror.local) if enabled else []
 
   def write(self, metrics: dict) -> None:
     if not self.enabled:
@@ -37,20 +44,24 @@ class MetricWriter:
       for k, v in row.items():
         if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
           self._tb.add_scalar(k, v, row["step"])
+      self._tb.flush()
     if self._trackers and "step" in row:
       scalars = {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
       for tracker in self._trackers:
         tracker.log_scalars(int(row["step"]), scalars)
+    self._mirror.sync()
 
   def close(self) -> None:
     if self._file:
       self._file.close()
     if self._tb is not None:
       self._tb.close()
+    if self._mirror is not None:
+      self._mirror.close()
 
 
 def read_metrics(workdir: str | Path) -> list[dict]:
-  path = Path(workdir) / "metrics.jsonl"
+  path = paths.path(workdir) / "metrics.jsonl"
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 

@@ -22,6 +22,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from modernlm_jax import paths
+
 TRACKERS = ("tensorboard", "wandb", "trackio")
 _EXTRA = {"wandb": "wandb", "trackio": "trackio"}
 
@@ -46,12 +48,12 @@ def _import(name: str):
 
 
 class WandbTracker:
-  def __init__(self, workdir: Path, config: dict | None):
+  def __init__(self, name: str, local_dir: Path, config: dict | None):
     wandb = _import("wandb")
-    id_file = workdir / "wandb_run_id"
+    id_file = local_dir / "wandb_run_id"
     run_id = id_file.read_text().strip() if id_file.is_file() else None
-    (workdir / "wandb").mkdir(parents=True, exist_ok=True)
-    self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "modernlm_jax"), name=workdir.name, dir=str(workdir),
+    (local_dir / "wandb").mkdir(parents=True, exist_ok=True)
+    self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "modernlm_jax"), name=name, dir=str(local_dir),
                           id=run_id, resume="allow", config=config or {}, reinit="create_new")
     id_file.write_text(self.run.id + "\n")
     self.dir = Path(self.run.dir).parent  # <workdir>/wandb/(offline-)run-<time>-<id>
@@ -67,11 +69,11 @@ class WandbTracker:
 
 
 class TrackioTracker:
-  def __init__(self, workdir: Path, config: dict | None):
+  def __init__(self, name: str, config: dict | None):
     trackio = _import("trackio")
     self._trackio = trackio
     self.project = os.environ.get("TRACKIO_PROJECT", "modernlm_jax")
-    self.run = trackio.init(project=self.project, name=workdir.name, config=config or {}, resume="allow",
+    self.run = trackio.init(project=self.project, name=name, config=config or {}, resume="allow",
                             embed=False, auto_log_gpu=False, auto_log_cpu=False)
 
   def log_scalars(self, step: int, scalars: dict[str, float]) -> None:
@@ -87,36 +89,44 @@ class TrackioTracker:
 _OPEN: dict[str, list] = {}  # workdir -> W&B / Trackio runs still open (see the module docstring)
 
 
-def open_trackers(names: list[str], workdir: Path, config: dict | None) -> list:
-  """The W&B / Trackio trackers among `names` for `workdir` (TensorBoard is MetricWriter's own)."""
+def _key(workdir) -> str:
+  return str(workdir) if paths.is_remote(workdir) else str(Path(workdir).absolute())
+
+
+def open_trackers(names: list[str], workdir, config: dict | None, *, local_dir: Path | None = None) -> list:
+  """The W&B / Trackio trackers among `names` for `workdir` (TensorBoard is MetricWriter's own). Their files go to
+  `local_dir` (the workdir itself, or its local mirror for a gs:// workdir)."""
   finish_open_runs()  # one run per tracker at a time: a new stage ends the previous stage's runs
+  name = str(workdir).rstrip("/").rsplit("/", 1)[-1]
+  local_dir = Path(local_dir if local_dir is not None else workdir)
   out = []
-  for name in names:
-    if name == "wandb":
-      out.append(WandbTracker(Path(workdir), config))
-    elif name == "trackio":
-      out.append(TrackioTracker(Path(workdir), config))
+  for tracker in names:
+    if tracker == "wandb":
+      out.append(WandbTracker(name, local_dir, config))
+    elif tracker == "trackio":
+      out.append(TrackioTracker(name, config))
   if out:
-    _OPEN[str(Path(workdir).absolute())] = out
+    _OPEN[_key(workdir)] = out
   return out
 
 
-def log_sample(workdir: str | Path, text: str, step: int | None = None, *, tensorboard: bool = True) -> None:
-  """Adds the end-of-run sample to the run's open trackers and to its TensorBoard log, then ends the runs."""
-  workdir = Path(workdir)
-  for tracker in _OPEN.get(str(workdir.absolute()), []):
+def log_sample(workdir, text: str, step: int | None = None, *, tensorboard: bool = True) -> None:
+  """Adds the end-of-run sample to the run's open trackers and to its (local) TensorBoard log, then ends the runs."""
+  for tracker in _OPEN.get(_key(workdir), []):
     tracker.log_text("sample", text, step)
-  if tensorboard and (workdir / "tensorboard").is_dir():
+  local = Path(str(workdir))
+  # A gs:// run's TensorBoard log lives in its (already uploaded) local mirror: the sample goes to the trackers only.
+  if tensorboard and not paths.is_remote(workdir) and (local / "tensorboard").is_dir():
     from tensorboardX import SummaryWriter
 
-    tb = SummaryWriter(str(workdir / "tensorboard"))
+    tb = SummaryWriter(str(local / "tensorboard"))
     tb.add_text("sample", text, step or 0)
     tb.close()
   finish_open_runs(workdir)
 
 
-def finish_open_runs(workdir: str | Path | None = None) -> None:
-  keys = [str(Path(workdir).absolute())] if workdir is not None else list(_OPEN)
+def finish_open_runs(workdir=None) -> None:
+  keys = [_key(workdir)] if workdir is not None else list(_OPEN)
   for key in keys:
     for tracker in _OPEN.pop(key, []):
       tracker.finish()
