@@ -12,8 +12,8 @@ import pytest
 from train_utils import tiny_config
 
 from modernlm_jax.model import ModelConfig
-from modernlm_jax.train.objectives import make_objective
 from modernlm_jax.train.optim import learning_rate_schedule, make_optimizer, muon_dimensions
+from modernlm_jax.train.registry import make_objective
 from modernlm_jax.train.step import create_state, make_train_step
 
 REPO = Path(__file__).resolve().parents[1]
