@@ -24,10 +24,10 @@ from modernlm_jax.model import ModelConfig, init_params
 from modernlm_jax.model.tpu_attention import kernel_mesh_context
 from modernlm_jax.train import checkpoint as ckpt_lib
 from modernlm_jax.train import mesh as mesh_lib
-from modernlm_jax.train import trace_summary
+from modernlm_jax.train import preemption, trace_summary, workdir_lock
 from modernlm_jax.train.flops import device_peak_flops, flops_per_token
 from modernlm_jax.train.mesh import process_rows
-from modernlm_jax.train.metrics import MetricWriter, ProgressLine
+from modernlm_jax.train.metrics import MetricWriter, ProgressLine, truncate_metrics
 from modernlm_jax.train.optim import learning_rate_schedule, make_optimizer
 from modernlm_jax.train.prefetch import DevicePrefetcher, to_global
 from modernlm_jax.train.registry import make_objective
@@ -96,6 +96,7 @@ def _init_or_restore(config, model_cfg, optimizer, mesh, ckpt, stage: StageData,
   return state, shardings, 0
 
 
+@workdir_lock.holding_workdir  # one run per workdir, for the whole run
 def train(config, workdir: str | Path, stage: StageData, *, init_params_fn: Callable | None = None,
           on_step: Callable | None = None, stop_at: int | None = None) -> dict[str, Any]:
   """Runs (or resumes) a stage to `config.train.steps`; returns the final metrics.
@@ -118,11 +119,15 @@ def train(config, workdir: str | Path, stage: StageData, *, init_params_fn: Call
   identity = ckpt_lib.run_identity(config)
   if ckpt.latest_step() is not None:
     ckpt_lib.check_identity(ckpt.read_meta() or {}, identity, stage.tokenizer.identity, str(workdir))
+  schedule_changes = ckpt_lib.check_schedule(
+      ckpt.read_meta() or {}, identity["optimizer"], allow=bool(t_cfg.get("allow_schedule_change", False)),
+      workdir=str(workdir)) if ckpt.latest_step() is not None else {}
   objective = make_objective(config)
   optimizer = make_optimizer(t_cfg, jax.eval_shape(lambda: init_params(model_cfg, int(config.seed))))
   schedule = learning_rate_schedule(t_cfg)
   state, shardings, start = _init_or_restore(config, model_cfg, optimizer, mesh, ckpt, stage, init_params_fn,
                                              with_ref=bool(objective.needs_reference))
+  ckpt_lib.check_free_space(ckpt.directory, state, int(t_cfg.keep_checkpoints))
 
   step_fn = jit_train_step(make_train_step(objective, optimizer, schedule, accum_steps=accum,
                                        guard_nonfinite=bool(t_cfg.skip_nonfinite)), shardings, mesh, accum)
@@ -130,7 +135,16 @@ def train(config, workdir: str | Path, stage: StageData, *, init_params_fn: Call
   eval_batches = [to_global(process_rows(b), mesh, 1) for b in stage.eval_batches]
   meta = {**identity, "tokenizer_identity": stage.tokenizer.identity, "config": json.loads(config.to_json_best_effort())}
   is_main = jax.process_index() == 0
+  if start and is_main:
+    truncate_metrics(workdir, start)  # rows of steps past the restored checkpoint are about to be run again
   writer = MetricWriter(workdir, tensorboard=bool(t_cfg.tensorboard) and is_main, enabled=is_main)
+  if schedule_changes:
+    logging.warning("train.allow_schedule_change=True: resuming step %d with changed settings %s", start,
+                    schedule_changes)
+    writer.write({"step": start, "schedule_changed": json.dumps(schedule_changes)})
+  guard = preemption.PreemptionGuard(checkpoint_minutes=float(t_cfg.get("checkpoint_minutes", 0.0) or 0.0),
+                                     process_count=jax.process_count())
+  preempted_at = None
   seq_len = int(config.data.seq_len)
   tokens_per_step = B * seq_len
   fpt = flops_per_token(model_cfg, seq_len)
@@ -183,6 +197,7 @@ def train(config, workdir: str | Path, stage: StageData, *, init_params_fn: Call
   mesh_ctx.__enter__()
   tracing = False
   try:
+    guard.install()
     end = min(total_steps, stop_at) if stop_at else total_steps
     for step in range(start, end):
       batch, data_state = next(prefetch)
@@ -198,9 +213,10 @@ def train(config, workdir: str | Path, stage: StageData, *, init_params_fn: Call
       if pending and (pending[-1][0] == start or (pending[-1][0] + 1) % int(t_cfg.log_every) == 0):
         process_pending()  # the previous step was a log step
       pending.append((step, dev_metrics, data_state))
-      done = step + 1 == end
-      evaluate_now = (step + 1) % int(t_cfg.eval_every) == 0 or done
-      save_now = (step + 1) % int(t_cfg.checkpoint_every) == 0 or done
+      stop, save_due = guard.check(step)  # a SIGTERM/SIGINT arrived; train.checkpoint_minutes have passed
+      done = step + 1 == end or stop
+      evaluate_now = (step + 1) % int(t_cfg.eval_every) == 0 or (done and not stop)
+      save_now = (step + 1) % int(t_cfg.checkpoint_every) == 0 or done or save_due
       if evaluate_now or save_now:
         process_pending()  # syncs on this step: never evaluate or save a non-finite state unnoticed
       if evaluate_now:
@@ -211,8 +227,14 @@ def train(config, workdir: str | Path, stage: StageData, *, init_params_fn: Call
         progress.show({**final, **ev})
         final.update(ev)
       if save_now:
-        ckpt.save(step + 1, state, data_state, {**meta, "step": step + 1}, force=done)
+        ckpt.save(step + 1, state, data_state, {**meta, "step": step + 1}, force=done or save_due)
+        guard.saved()
         last_good_ckpt = step + 1
+      if (step + 1) % int(t_cfg.log_every) == 0:
+        ckpt.check_saves()  # a failed background save (disk full) stops the run now, not one interval later
+      if stop:
+        preempted_at = step + 1
+        break
     process_pending()
   finally:
     if tracing:
@@ -221,6 +243,9 @@ def train(config, workdir: str | Path, stage: StageData, *, init_params_fn: Call
     prefetch.close()
     ckpt.close()
     writer.close()
+    guard.uninstall()  # only now: a second signal while the last save commits still exits at once
+  if preempted_at is not None:
+    raise guard.preempted(preempted_at)
   final["skipped_steps"] = int(jax.device_get(state.skipped))
   final["params"] = state.params
   return final
