@@ -13,6 +13,9 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from modernlm_jax import config_check
+from modernlm_jax.train import workdir_lock
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Task config file (configs/*.py), optionally with :preset.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, reports. Default: runs/<preset>.")
@@ -101,12 +104,20 @@ def main(argv):
   config = _CONFIG.value
   workdir = _WORKDIR.value or os.path.join("runs", f"{config.task}-{config.get('preset', 'run')}")
   try:
+    config_check.check_config(config)  # every setting, before any work (tokenizer training included)
+  except config_check.ConfigError as e:
+    sys.exit(f"error: {e}")
+  try:
     check_storage(config, workdir)
   except RuntimeError as e:  # paths.StorageAccessError: the message names the bucket and the fix
     raise SystemExit(f"error: {e}") from None
   maybe_initialize_distributed()
   setup_compilation_cache(config)
-  run_task(config, workdir)
+  lock = workdir_lock.acquire(workdir)  # one run per workdir, for the job's whole life
+  try:
+    run_task(config, workdir)
+  finally:
+    workdir_lock.release(lock)
   from modernlm_jax.train import compile_cache
 
   compile_cache.log_stats()
@@ -114,5 +125,9 @@ def main(argv):
 
 if __name__ == "__main__":
   apply_cpu_workarounds()
+  try:
+    config_check.check_override_keys(sys.argv[1:])  # a mistyped key: an error listing the valid keys
+  except config_check.ConfigError as e:
+    sys.exit(f"error: {e}")
   flags.mark_flag_as_required("config")
   app.run(main)
