@@ -190,6 +190,8 @@ class Checkpointer:
     """Raises CheckpointError (path, free space, fix) when a background save has failed; cheap when none has."""
     try:
       self.manager.check_for_errors()
+      if not self.manager.is_saving_in_progress():
+        self.manager.wait_until_finished()  # returns at once; re-raises a finished save's failure (the commit thread's)
     except Exception as e:  # noqa: BLE001 - orbax re-raises the writer thread's exception as is
       raise save_failure(self.directory, e) from e
 
