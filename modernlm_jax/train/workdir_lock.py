@@ -81,7 +81,7 @@ def acquire(workdir: str | Path) -> Path | None:
     return path
   info = {"host": socket.gethostname(), "pid": os.getpid(), "start_ticks": _process_start_ticks(os.getpid()),
           "started_unix": time.time(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-  for _ in range(3):
+  for _ in range(40):  # a few takeovers of stale locks, or up to ~5 s for a starting holder to write its details
     try:
       fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
@@ -105,7 +105,8 @@ def acquire(workdir: str | Path) -> Path | None:
       json.dump(info, f)
     _held[key] = 1
     return path
-  raise WorkdirLockedError(f"could not take the lock {path}: it keeps reappearing; is another run starting there?")
+  raise WorkdirLockedError(f"could not take the lock {path}: another run seems to be starting in {workdir} (the lock "
+                           "file stays empty or keeps reappearing); wait for it, or delete the file if no run is there")
 
 
 def release(path: Path | None) -> None:
