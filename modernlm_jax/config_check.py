@@ -74,9 +74,13 @@ def check_config(config) -> None:
   model_max_len = _check_model(c, config) if task in TRAINING_TASKS else None
   if task in TRAINING_TASKS:
     _check_train(c, _get(config, "train"))
-    _check_data(c, _get(config, "data"), model_max_len, task)
+    # bench replaces data.seq_len by bench.seq_len (checked against max_len in _check_bench).
+    _check_data(c, _get(config, "data"), None if task == "bench" else model_max_len, task)
     _check_mesh(c, _get(config, "mesh"))
-    if task != "compare":
+    # The tokenizer is built from config.tokenizer only here (compare: per scale; sft/dpo: the init_from run's;
+    # bench: only without synthetic batches).
+    bench = _get(config, "bench")
+    if task == "pretrain" or (task == "bench" and bench is not None and not bench.get("synthetic", True)):
       _check_tokenizer(c, _get(config, "tokenizer"), _get(config, "model"))
   if task in ("pretrain", "sft", "dpo"):
     _check_sample(c, _get(config, "sample"), model_max_len)

@@ -114,6 +114,15 @@ class _nothing:
     return False
 
 
+def test_tokenizer_size_is_not_checked_where_the_config_tokenizer_is_unused():
+  bench = load("bench", "modern-tiny")
+  apply(bench, {"model.vocab_size": 64})  # synthetic batches: no tokenizer is built
+  check_config(bench)
+  apply(bench, {"bench.synthetic": False})
+  with pytest.raises(ConfigError, match=r"tokenizer\.kind='sentencepiece' has 2048 ids but model\.vocab_size=64"):
+    check_config(bench)
+
+
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_setting_is_refused_with_key_and_range(case):
   name, overrides, pattern = BAD[case]
