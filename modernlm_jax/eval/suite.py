@@ -139,6 +139,62 @@ def _perplexity_section(spec: SuiteSpec, forward_fn: ForwardFn, tokenizer: Any, 
     return out
 
 
+def task_names() -> list[str]:
+    """Every registered few-shot task (eval/fewshot/registry.py), in registration order."""
+    return list(tasks.TASKS)
+
+
+def run_tasks(name: str, *, forward_fn: ForwardFn, generate_fn: GenerateFn | None, tokenizer: Any, context: int,
+              data_root: str | Path | None, batch_size: int = 16, seed: int = 0,
+              progress: Callable[[str], None] | None = None, timings: dict[str, float] | None = None,
+              skip_reason: str = "") -> dict[str, Any]:
+    """The downstream tasks of suite ``name``: task -> result dict, or ``{"skipped": reason}`` (never dropped)."""
+    spec = SUITES[name]
+    say = progress or (lambda _: None)
+    root = Path(data_root) if data_root else None
+    out: dict[str, Any] = {}
+    for task, entry in tasks.TASKS.items():
+        t0 = time.perf_counter()
+        path = tasks.task_path(task, root) if root is not None else None
+        if path is None:
+            why = skip_reason or ("no data_root" if root is None else
+                                  f"no data for {task} under {root} (expected {' or '.join(entry.files)})")
+            out[task] = {"skipped": why}
+            continue
+        say(f"[{name}] {task}")
+        common = dict(num_fewshot=spec.num_fewshot.get(task, entry.num_fewshot), seed=seed, context=context,
+                      batch_size=batch_size, progress=say)
+        if entry.needs == "generate":
+            if generate_fn is None:
+                out[task] = {"skipped": "no generate_fn given"}
+                continue
+            out[task] = entry.run(generate_fn, tokenizer, path, limit=spec.gsm8k_limit,
+                                  max_new_tokens=min(spec.gsm8k_max_new_tokens, context // 2), **common)
+        else:
+            out[task] = entry.run(forward_fn, tokenizer, path, limit=spec.task_limit, **common)
+        if timings is not None:
+            timings[task] = time.perf_counter() - t0
+    return out
+
+
+def corpus_perplexity(forward_fn: ForwardFn, tokenizer: Any, corpus: str, *, context: int, data_root: str | Path | None,
+                      stride: int | None = None, batch_size: int = 16, max_chars: int | None = None,
+                      progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Perplexity and bits/byte of one corpus (a ``perplexity.CORPORA`` name, a text file or a glob), or
+    ``{"skipped": reason}`` when its data is absent."""
+    try:
+        text = perplexity.load_corpus(corpus, data_root, max_chars=max_chars)
+    except (FileNotFoundError, ValueError) as e:
+        return {"skipped": str(e)}
+    if not text.strip():
+        return {"skipped": f"corpus {corpus!r} is empty"}
+    res = perplexity.evaluate_text(forward_fn, tokenizer, text, context=context, stride=stride or context,
+                                   batch_size=batch_size, count_words=perplexity.is_word_level(corpus),
+                                   progress=progress, label=f"perplexity {corpus}")
+    res["chars"] = len(text)
+    return res
+
+
 def run_suite(name: str, *, forward_fn: ForwardFn, generate_fn: GenerateFn | None, tokenizer: Any,
               context: int, data_root: str | Path | None, progress: Callable[[str], None] | None = print,
               batch_size: int = 16, ppl_texts: Mapping[str, str] | None = None, seed: int = 0,
@@ -162,25 +218,9 @@ def run_suite(name: str, *, forward_fn: ForwardFn, generate_fn: GenerateFn | Non
                                                ppl_texts, gpt2_ok, say)
     timings["perplexity"] = time.perf_counter() - t0
 
-    result["tasks"] = {}
-    for task, entry in tasks.TASKS.items():
-        t0 = time.perf_counter()
-        path = tasks.task_path(task, root) if root is not None else None
-        if path is None:
-            result["tasks"][task] = {"skipped": f"no data for {task} under {root}"}
-            continue
-        say(f"[{name}] {task}")
-        common = dict(num_fewshot=spec.num_fewshot.get(task, entry.num_fewshot), seed=seed, context=context,
-                      batch_size=batch_size, progress=say)
-        if entry.needs == "generate":
-            if generate_fn is None:
-                result["tasks"][task] = {"skipped": "no generate_fn given"}
-                continue
-            result["tasks"][task] = entry.run(generate_fn, tokenizer, path, limit=spec.gsm8k_limit,
-                                              max_new_tokens=min(spec.gsm8k_max_new_tokens, context // 2), **common)
-        else:
-            result["tasks"][task] = entry.run(forward_fn, tokenizer, path, limit=spec.task_limit, **common)
-        timings[task] = time.perf_counter() - t0
+    result["tasks"] = run_tasks(name, forward_fn=forward_fn, generate_fn=generate_fn, tokenizer=tokenizer,
+                                context=context, data_root=root, batch_size=batch_size, seed=seed,
+                                progress=say, timings=timings)
 
     t0 = time.perf_counter()
     say(f"[{name}] statefulness")
@@ -240,13 +280,16 @@ def comparison_entry(result: Mapping[str, Any]) -> dict[str, Any]:
 
     Shapes follow ``modernlm_jax.compare.results``: ``tasks`` maps a task to its headline accuracy,
     ``statefulness`` holds ``by_tier``, ``by_distance`` (string keys) and ``score`` (overall
-    probe accuracy). Skipped tasks and corpora are left out.
+    probe accuracy). Skipped tasks and corpora are not in ``tasks`` / ``perplexity`` but in ``skipped``
+    (``{"tasks": {task: reason}, "perplexity": {corpus: reason}}``), so a reader sees why they are absent.
     """
     entry: dict[str, Any] = {
         "tasks": {t: float(r[tasks.TASKS[t].headline]) for t, r in result.get("tasks", {}).items()
                   if "skipped" not in r and t in tasks.TASKS},
         "perplexity": {c: {"ppl": r["perplexity"], "bpb": r["bits_per_byte"]}
                        for c, r in result.get("perplexity", {}).items() if "skipped" not in r},
+        "skipped": {part: {name: str(r["skipped"]) for name, r in result.get(part, {}).items() if "skipped" in r}
+                    for part in ("tasks", "perplexity")},
     }
     st = result.get("statefulness")
     if st:
