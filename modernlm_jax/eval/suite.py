@@ -107,35 +107,45 @@ def _builtin_validation_text() -> dict[str, str]:
 
 def _perplexity_section(spec: SuiteSpec, forward_fn: ForwardFn, tokenizer: Any, context: int,
                         data_root: Path | None, batch_size: int, ppl_texts: Mapping[str, str] | None,
-                        gpt2_ok: bool, progress: Callable[[str], None]) -> dict[str, Any]:
+                        gpt2_ok: bool, progress: Callable[[str], None], *, split: str = "", stride: int = 0,
+                        texts: Mapping[str, str] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     default_ctx = min(context, 1024)
+    if stride and not 1 <= stride <= default_ctx:
+        raise ValueError(f"eval.stride={stride} must be in [1, context={default_ctx}] (0 = the context: no overlap)")
     if ppl_texts is None:
         ppl_texts = _builtin_validation_text()
     for name, text in ppl_texts.items():
         text = text if spec.ppl_text_chars is None else text[:spec.ppl_text_chars]
         out[name] = perplexity.evaluate_text(forward_fn, tokenizer, text, context=default_ctx,
-                                             stride=default_ctx, batch_size=batch_size,
+                                             stride=stride or default_ctx, batch_size=batch_size,
                                              progress=progress, label=f"perplexity {name}")
     if not ppl_texts:
         out["builtin"] = {"skipped": "no validation text (ppl_texts empty, builtin corpus unavailable)"}
+    for name, text in (texts or {}).items():  # user texts are scored whole (never cut)
+        out[name] = perplexity.evaluate_text(forward_fn, tokenizer, text, context=default_ctx,
+                                             stride=stride or default_ctx, batch_size=batch_size,
+                                             progress=progress, label=f"perplexity {name}")
     for c in spec.corpora:
-        path = perplexity.corpus_path(c.name, data_root) if data_root else None
+        name = perplexity.with_split(c.name, split)
+        path = perplexity.corpus_path(name, data_root) if data_root else None
         if path is None or not path.is_file():
-            out[c.name] = {"skipped": f"data not found ({path or 'no data_root'})"}
+            out[name] = {"skipped": f"data not found ({path or 'no data_root'})"}
             continue
         ctx = c.context or default_ctx
         if ctx > context:
-            out[c.name] = {"skipped": f"protocol needs context {ctx}, model has {context}"}
+            out[name] = {"skipped": f"protocol needs context {ctx}, model has {context}"}
             continue
-        text = perplexity.load_corpus(c.name, data_root, max_chars=c.max_chars)
+        text = perplexity.load_corpus(name, data_root, max_chars=c.max_chars)
         res = perplexity.evaluate_text(
-            forward_fn, tokenizer, text, context=ctx, stride=c.stride or ctx,
-            batch_size=c.batch_size or batch_size, count_words=perplexity.is_word_level(c.name),
-            progress=progress, label=f"perplexity {c.name}")
+            forward_fn, tokenizer, text, context=ctx, stride=min(stride, ctx) or c.stride or ctx,
+            batch_size=c.batch_size or batch_size, count_words=perplexity.is_word_level(name),
+            progress=progress, label=f"perplexity {name}")
         if c.gpt2_protocol:
-            res["protocol"] = "gpt2" if gpt2_ok else "bits/byte only (tokenizer is not GPT-2 BPE)"
-        out[c.name] = res
+            res["protocol"] = ("gpt2" if gpt2_ok and res["stride"] == (c.stride or ctx) and name == c.name else
+                               "bits/byte only (tokenizer is not GPT-2 BPE)" if not gpt2_ok else
+                               f"not the GPT-2 protocol (split {name}, stride {res['stride']})")
+        out[name] = res
     return out
 
 
@@ -198,8 +208,11 @@ def corpus_perplexity(forward_fn: ForwardFn, tokenizer: Any, corpus: str, *, con
 def run_suite(name: str, *, forward_fn: ForwardFn, generate_fn: GenerateFn | None, tokenizer: Any,
               context: int, data_root: str | Path | None, progress: Callable[[str], None] | None = print,
               batch_size: int = 16, ppl_texts: Mapping[str, str] | None = None, seed: int = 0,
-              require_gpt2_protocol: bool = True) -> dict[str, Any]:
-    """Runs the named suite; see module docstring."""
+              require_gpt2_protocol: bool = True, split: str = "", stride: int = 0,
+              texts: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Runs the named suite; see module docstring. `split` ("test" | "valid", "" = the suite's) picks the
+    split of WikiText-2/103 and PTB; `stride` > 0 overlaps perplexity windows; `texts` (name -> text)
+    are extra texts scored whole for perplexity and bits/byte."""
     if name not in SUITES:
         raise ValueError(f"unknown suite {name!r}; choose one of {sorted(SUITES)}")
     spec = SUITES[name]
@@ -215,7 +228,7 @@ def run_suite(name: str, *, forward_fn: ForwardFn, generate_fn: GenerateFn | Non
     t0 = time.perf_counter()
     say(f"[{name}] perplexity")
     result["perplexity"] = _perplexity_section(spec, forward_fn, tokenizer, context, root, batch_size,
-                                               ppl_texts, gpt2_ok, say)
+                                               ppl_texts, gpt2_ok, say, split=split, stride=stride, texts=texts)
     timings["perplexity"] = time.perf_counter() - t0
 
     result["tasks"] = run_tasks(name, forward_fn=forward_fn, generate_fn=generate_fn, tokenizer=tokenizer,
