@@ -81,6 +81,7 @@ def _smoke():
                                   context_lengths="64,128,256", long_context_lengths="1024",
                                   context_repeats=5))
   c.compare.smoke.update(dict(overfit_rows=2, overfit_steps=100))
+  c.compare.perplexity_max_chars = 50_000  # the first ~50k characters of WikiText-2/103 and PTB: minutes, not hours
   return c
 
 
