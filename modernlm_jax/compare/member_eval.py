@@ -185,7 +185,7 @@ def tasks_and_skips(params, cfg: ModelConfig, forward_fn: Callable, tokenizer, s
     return {}, {t: skip_reason or "no task data folder" for t in suite_lib.task_names()}
   raw = suite_lib.run_tasks(suite, forward_fn=forward_fn, generate_fn=greedy_generate_fn(params, cfg),
                             tokenizer=tokenizer, context=context, data_root=data_root, batch_size=batch_size,
-                            progress=log.info)
+                            progress=log.info, errors_as_skips=True)
   entry = suite_lib.comparison_entry({"tasks": raw})
   return entry["tasks"], entry["skipped"]["tasks"]
 

@@ -104,6 +104,8 @@ def _verdict_section(results: Mapping) -> tuple[list[str], list[dict]]:
     fams = results_lib.families(results)
     lines = ["## Verdict", ""]
     verdicts = []
+    if (results.get("smoke") or {}).get("stopped_before_training"):
+        return lines + _smoke_stop_verdict(results), verdicts
     if base not in fams:
         lines.append(
             f"No verdict: the baseline family `{base}` has no runs in results.json "
@@ -184,6 +186,20 @@ def _verdict_section(results: Mapping) -> tuple[list[str], list[dict]]:
         "alongside because it is more permissive (any ratio > 1.1 counts as an advantage)."
     )
     return lines + [""], verdicts
+
+
+def _smoke_stop_verdict(results: Mapping) -> list[str]:
+    """The verdict when the smoke gate stopped the comparison before full training."""
+    checks = decision.smoke_checks(results.get("smoke"))
+    failed = [c for c in checks if c["passed"] is False]
+    lines = ["**Verdict: FIX FIRST** — the smoke protocol failed before full training, so no member was trained "
+             "to the budget and no family comparison was made.", ""]
+    lines += [f"- smoke check(s) failed: {', '.join(c['name'] for c in failed)}"]
+    lines += [f"- {c['name']}: {c['detail']}" for c in failed]
+    lines += ["- fix the failing check(s), or rerun with --config.compare.smoke.gate=False to go on anyway", ""]
+    v = {"smoke_checks": checks, "smoke_gate": True, "red_lines": [], "ratios": {}, "tiers": {},
+         "graduation": {"passed": False, "reason": "not evaluated: no trained members"}, "decision": decision.FIX_FIRST}
+    return lines + _verdict_audit(v)
 
 
 def _verdict_audit(v: Mapping) -> list[str]:

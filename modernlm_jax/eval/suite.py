@@ -157,8 +157,11 @@ def task_names() -> list[str]:
 def run_tasks(name: str, *, forward_fn: ForwardFn, generate_fn: GenerateFn | None, tokenizer: Any, context: int,
               data_root: str | Path | None, batch_size: int = 16, seed: int = 0,
               progress: Callable[[str], None] | None = None, timings: dict[str, float] | None = None,
-              skip_reason: str = "") -> dict[str, Any]:
-    """The downstream tasks of suite ``name``: task -> result dict, or ``{"skipped": reason}`` (never dropped)."""
+              skip_reason: str = "", errors_as_skips: bool = False) -> dict[str, Any]:
+    """The downstream tasks of suite ``name``: task -> result dict, or ``{"skipped": reason}`` (never dropped).
+
+    With ``errors_as_skips`` a task that raises (e.g. a continuation longer than the context) is recorded
+    as skipped with the error, so one task cannot sink a comparison member."""
     spec = SUITES[name]
     say = progress or (lambda _: None)
     root = Path(data_root) if data_root else None
@@ -174,14 +177,19 @@ def run_tasks(name: str, *, forward_fn: ForwardFn, generate_fn: GenerateFn | Non
         say(f"[{name}] {task}")
         common = dict(num_fewshot=spec.num_fewshot.get(task, entry.num_fewshot), seed=seed, context=context,
                       batch_size=batch_size, progress=say)
-        if entry.needs == "generate":
-            if generate_fn is None:
-                out[task] = {"skipped": "no generate_fn given"}
-                continue
-            out[task] = entry.run(generate_fn, tokenizer, path, limit=spec.gsm8k_limit,
-                                  max_new_tokens=min(spec.gsm8k_max_new_tokens, context // 2), **common)
-        else:
-            out[task] = entry.run(forward_fn, tokenizer, path, limit=spec.task_limit, **common)
+        if entry.needs == "generate" and generate_fn is None:
+            out[task] = {"skipped": "no generate_fn given"}
+            continue
+        try:
+            if entry.needs == "generate":
+                out[task] = entry.run(generate_fn, tokenizer, path, limit=spec.gsm8k_limit,
+                                      max_new_tokens=min(spec.gsm8k_max_new_tokens, context // 2), **common)
+            else:
+                out[task] = entry.run(forward_fn, tokenizer, path, limit=spec.task_limit, **common)
+        except Exception as e:  # noqa: BLE001 - re-raised unless the caller asked for a recorded skip
+            if not errors_as_skips:
+                raise
+            out[task] = {"skipped": f"could not run: {type(e).__name__}: {e}"[:500]}
         if timings is not None:
             timings[task] = time.perf_counter() - t0
     return out
