@@ -4,7 +4,8 @@ inference protocol, fits scaling laws and writes results.json, report.md and PNG
 modernlm_jax/jobs/compare.py).
 
 Presets:
-  smoke            CPU, minutes: scales tiny + 3.5m (one shared 2048-piece vocabulary), 1 seed, 100 steps of 4×128.
+  smoke            CPU, minutes: scales tiny + 3.5m (one shared 2048-piece vocabulary), 1 seed, 100 steps of 4×128;
+                   embedded corpus, smoke checks reported but not gating (compare.smoke.gate=False).
   tiny             3.5m + 8m, 3 seeds, the small-scale table vocabulary (8192 SentencePiece).
   seed004          3.5m / 8m / 30m (SentencePiece 8192) + 125m (GPT-2 BPE), 3 seeds, the protocol's
                    optimiser settings (AdamW 0.9/0.95, wd 0.1, clip 1.0, cosine, max lr 3e-4).
@@ -80,7 +81,9 @@ def _smoke():
   c.compare.inference.update(dict(prefill_repeats=10, decode_repeats=3, decode_tokens=128,
                                   context_lengths="64,128,256", long_context_lengths="1024",
                                   context_repeats=5))
-  c.compare.smoke.update(dict(overfit_rows=2, overfit_steps=100))
+  # 1 % of 100 steps sits inside the warm-up, so the slope check is noise at this size: the preset checks the
+  # machinery end to end and reports the smoke results without gating on them (the report says so).
+  c.compare.smoke.update(dict(overfit_rows=2, overfit_steps=100, gate=False))
   c.compare.perplexity_max_chars = 50_000  # the first ~50k characters of WikiText-2/103 and PTB: minutes, not hours
   return c
 
