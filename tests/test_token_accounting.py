@@ -65,9 +65,10 @@ def _real_tokens(c, steps: int) -> list[int]:
 def test_batch_tokens_counts_non_padding_and_pair_batches():
   b = {"inputs": np.zeros((2, 8), np.int32), "segment_ids": np.array([[1] * 8, [1] * 3 + [0] * 5])}
   assert batch_tokens(b) == (11, 8)
-  pair = {"chosen_inputs": np.zeros((1, 4)), "inputs": np.zeros((1, 4)), "chosen_segment_ids": np.ones((1, 4)),
-          "rejected_segment_ids": np.array([[1, 1, 0, 0]])}
+  pair = {"chosen_inputs": np.zeros((1, 4)), "rejected_inputs": np.zeros((1, 4)), "chosen_segment_ids": np.ones((1, 4)),
+          "rejected_segment_ids": np.array([[1, 1, 0, 0]])}  # a DPO batch has no plain "inputs"
   assert batch_tokens(pair) == (6, 4)
+  assert batch_tokens({"inputs": np.zeros((3, 5))}) == (15, 5)
 
 
 def test_scheduled_tokens_sums_each_steps_length():

@@ -38,12 +38,13 @@ def batch_tokens(batch: dict) -> tuple[int, int]:
   sequence-length schedule or a padded SFT row is counted as what it holds, not as `data.seq_len`.
   The count covers this host's rows times the process count (hosts hold equal numbers of rows).
   """
+  inputs = [k for k in batch if k.endswith("inputs")]  # "inputs", or "chosen_inputs" / "rejected_inputs"
   keys = [k for k in batch if k.endswith("segment_ids")] or [k for k in batch if k.endswith("loss_mask")]
   if keys:
     n = sum(int(np.count_nonzero(np.asarray(batch[k]))) for k in keys)
   else:
-    n = int(np.asarray(batch["inputs"]).size)
-  return n * jax.process_count(), int(np.asarray(batch["inputs"]).shape[-1])
+    n = sum(int(np.asarray(batch[k]).size) for k in inputs)
+  return n * jax.process_count(), int(np.asarray(batch[inputs[0]]).shape[-1])
 
 
 class DevicePrefetcher:
