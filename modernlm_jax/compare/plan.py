@@ -285,6 +285,8 @@ def protocol(config, tokenizers: dict[str, tuple[Any, Any]]) -> dict:
       "downstream_tasks": ((f"suite {suite!r} (data: {data_root})" if data_root else f"skipped: {root_reason}")
                            if suite else "not run: compare.suite is empty (set it to 'quick' or 'full')"),
       "perplexity_corpora": ((corpora + (f" (data: {data_root})" if data_root else f" — skipped: {root_reason}"))
+                             + (f"; first {int(config.compare.perplexity_max_chars):,} characters of each"
+                                if int(config.compare.get("perplexity_max_chars", 0)) > 0 else "")
                              if corpora else "none (compare.perplexity is empty)"),
   }
   if str(d.seq_len_schedule):
