@@ -298,7 +298,7 @@ def run(config, workdir: str | Path) -> dict:
         log.error("[compare] smoke check(s) failed: %s. Verdict FIX FIRST; full training not started. Fix them, or "
                   "rerun with --config.compare.smoke.gate=False to go on anyway.", ", ".join(failed))
         if is_main:
-          report = report_lib.write_report(results, workdir)
+          report = _write_report(results, workdir)
           _log_summary(results, report, time.perf_counter() - t0)
         return results
       if failed:
