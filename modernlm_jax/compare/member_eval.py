@@ -46,26 +46,39 @@ def curves_from_metrics(member_dir: str | Path, tokens_per_step: int) -> dict:
   """results.json `curves` from a member's metrics.jsonl (train and validation loss vs tokens).
 
   A resumed run may log a step twice; the last row of each step wins.
+  Token positions are the tokens the loop counted from its batches (`tokens_seen`); `tokens_per_step`
+  (batch × seq_len) stands in only for rows of older runs that lack it.
   """
   rows = read_metrics(member_dir)
   train: dict[int, dict] = {}
-  val: dict[int, float] = {}
+  val: dict[int, dict] = {}
   for r in rows:
     step = r.get("step")
     if step is None:
       continue
     if "val_loss" in r:
-      val[int(step)] = float(r["val_loss"])
+      val[int(step)] = r
     elif "loss" in r:
       train[int(step)] = r
+
+  def tokens_at(s: int, row: dict) -> int:
+    seen = row.get("tokens_seen", (train.get(s) or {}).get("tokens_seen"))
+    return int(seen if seen is not None else s * tokens_per_step)
+
   steps = sorted(train)
   curves = {
-      "tokens": [int(train[s].get("tokens_seen", s * tokens_per_step)) for s in steps],
+      "tokens": [tokens_at(s, train[s]) for s in steps],
       "train_loss": [_finite_or_none(train[s]["loss"]) for s in steps],
-      "val_tokens": [int(s * tokens_per_step) for s in sorted(val)],
-      "val_loss": [_finite_or_none(val[s]) for s in sorted(val)],
+      "val_tokens": [tokens_at(s, val[s]) for s in sorted(val)],
+      "val_loss": [_finite_or_none(val[s]["val_loss"]) for s in sorted(val)],
   }
   return curves
+
+
+def tokens_seen(member_dir: str | Path) -> int | None:
+  """The last `tokens_seen` the training loop logged (train or evaluation row)."""
+  seen = [int(r["tokens_seen"]) for r in read_metrics(member_dir) if r.get("tokens_seen") is not None]
+  return max(seen) if seen else None
 
 
 def _finite_or_none(x: Any) -> float | None:
@@ -160,3 +173,40 @@ def task_accuracies(params, cfg: ModelConfig, forward_fn: Callable, tokenizer, s
                                tokenizer=tokenizer, context=cfg.max_len, data_root=data_root or None,
                                progress=log.info, ppl_texts={}, require_gpt2_protocol=False)
   return suite_lib.comparison_entry(result)["tasks"]
+
+
+def tasks_and_skips(params, cfg: ModelConfig, forward_fn: Callable, tokenizer, suite: str, data_root: str, *,
+                    context: int, batch_size: int, skip_reason: str = "") -> tuple[dict, dict]:
+  """(task -> headline accuracy, task -> why it did not run): every task of the suite is in one of them."""
+  from modernlm_jax.eval import suite as suite_lib
+  from modernlm_jax.generate import greedy_generate_fn
+
+  if not data_root:
+    return {}, {t: skip_reason or "no task data folder" for t in suite_lib.task_names()}
+  raw = suite_lib.run_tasks(suite, forward_fn=forward_fn, generate_fn=greedy_generate_fn(params, cfg),
+                            tokenizer=tokenizer, context=context, data_root=data_root, batch_size=batch_size,
+                            progress=log.info, errors_as_skips=True)
+  entry = suite_lib.comparison_entry({"tasks": raw})
+  return entry["tasks"], entry["skipped"]["tasks"]
+
+
+def perplexities_and_skips(forward_fn: Callable, tokenizer, corpora: list[str], data_root: str, *, context: int,
+                           batch_size: int, max_chars: int = 0, skip_reason: str = "") -> tuple[dict, dict]:
+  """(corpus -> {bpb, ppl, nats_per_token, tokens, bytes, context}, corpus -> why it was not scored)."""
+  from modernlm_jax.eval import suite as suite_lib
+
+  scored, skipped = {}, {}
+  for corpus in corpora:
+    if not data_root and corpus in perplexity.CORPORA:
+      skipped[corpus] = skip_reason or "no data folder"
+      continue
+    log.info("[compare] perplexity on %s (context %d)", corpus, context)
+    r = suite_lib.corpus_perplexity(forward_fn, tokenizer, corpus, context=context, data_root=data_root or None,
+                                    batch_size=batch_size, max_chars=max_chars or None)
+    if "skipped" in r:
+      skipped[corpus] = str(r["skipped"])
+      continue
+    scored[corpus] = {"bpb": float(r["bits_per_byte"]), "ppl": float(r["perplexity"]),
+                      "nats_per_token": float(r["nats_per_token"]), "tokens": int(r["tokens"]),
+                      "bytes": int(r["bytes"]), "context": int(r["context"])}
+  return scored, skipped

@@ -122,6 +122,54 @@ def _check_variant_keys(config, name: str) -> None:
                      "protocol); set them on the comparison itself (train.*, data.*)")
 
 
+# --------------------------------------------------------------------------- data
+
+# The real corpus a comparison trains on by default: Project Gutenberg books (one document per book,
+# long contexts) and WikiText-2 train (one document per paragraph), mixed in proportion to their sizes.
+SHARED_BOOKS, SHARED_WIKITEXT = "gutenberg", "wikitext2/train.txt"
+
+
+def shared_data_root() -> Path:
+  """`$MODERNLM_SHARED_DATA`, else `../shared/data` next to the repository."""
+  from modernlm_jax.data.posttrain_pipeline import shared_data_root as root
+
+  return root()
+
+
+def shared_corpus_source(root: str | Path | None = None) -> str:
+  """The `data.source` spec of the shared Gutenberg + WikiText-2 train text, or "" when it is absent."""
+  root = Path(root) if root is not None else shared_data_root()
+  books, wiki = root / SHARED_BOOKS, root / SHARED_WIKITEXT
+  book_files = sorted(books.glob("*.txt")) if books.is_dir() else []
+  if not book_files or not wiki.is_file():
+    return ""
+  # Weights are shares of the mixed corpus; sizes as weights keep each part at about its natural size.
+  return (f"mix:{sum(f.stat().st_size for f in book_files)}=text@file:{books}/*.txt,"
+          f"{wiki.stat().st_size}=text@blank:{wiki}")
+
+
+def check_data_source(config) -> None:
+  """Stops a comparison before any work when it has no training corpus (a preset found no shared data)."""
+  if str(config.data.source).strip():
+    return
+  raise ValueError(
+      f"compare preset {str(config.get('preset', ''))!r} trains on a real corpus, and none was found: the shared "
+      f"Gutenberg + WikiText-2 text is not under {shared_data_root()} (set $MODERNLM_SHARED_DATA to the shared data "
+      "folder). Pass --config.data.source=text:/path/to/*.txt (any corpus; see modernlm_jax/data/sources.py), or "
+      "--config.data.source=builtin to accept the small embedded corpus, which a comparison of this size would "
+      "repeat many times over.")
+
+
+def resolve_data_root(config) -> tuple[str, str]:
+  """(folder, "") with the task / perplexity data, or ("", reason) when there is none to use."""
+  value = str(config.compare.data_root).strip()
+  root = Path(value).expanduser() if value else shared_data_root()
+  if root.is_dir():
+    return str(root), ""
+  how = "compare.data_root" if value else "the shared data folder ($MODERNLM_SHARED_DATA or ../shared/data)"
+  return "", f"no task data: {how} {root} does not exist; set --config.compare.data_root"
+
+
 # --------------------------------------------------------------------------- models
 
 
@@ -216,9 +264,14 @@ def protocol(config, tokenizers: dict[str, tuple[Any, Any]]) -> dict:
   seq_len, batch = int(d.seq_len), int(t.batch_size)
   idents = {scale: tok.identity for scale, (tok, _) in tokenizers.items()}
   distinct = sorted(set(idents.values()))
+  from modernlm_jax.data.pipeline import scheduled_tokens
+
+  data_root, root_reason = resolve_data_root(config)
+  suite = str(config.compare.suite)
+  corpora = str(config.compare.get("perplexity", "")).strip()
   proto: dict[str, Any] = {
       "data_source": str(d.source) + (f" (validation: {d.val_source})" if d.val_source else ""),
-      "token_budget": int(t.steps) * batch * seq_len,
+      "token_budget": scheduled_tokens(d, int(t.steps), batch),  # the batches' real lengths under a schedule
       "schedule": {"kind": str(t.schedule), "steps": int(t.steps), "warmup_steps": int(t.warmup_steps),
                    "max_lr": float(t.lr), "min_lr_ratio": float(t.min_lr_ratio)},
       "batch_size": batch,
@@ -229,8 +282,12 @@ def protocol(config, tokenizers: dict[str, tuple[Any, Any]]) -> dict:
       "optimizer": {"name": "adamw", "b1": float(t.b1), "b2": float(t.b2), "weight_decay": float(t.weight_decay),
                     "grad_clip": float(t.grad_clip)},
       "batch_order": "identical for every family at a seed (data order depends only on the seed)",
-      "downstream_tasks": (f"suite {str(config.compare.suite)!r}" if str(config.compare.suite)
-                           else "not run: compare.suite is empty (set it to 'quick' or 'full' and compare.data_root)"),
+      "downstream_tasks": ((f"suite {suite!r} (data: {data_root})" if data_root else f"skipped: {root_reason}")
+                           if suite else "not run: compare.suite is empty (set it to 'quick' or 'full')"),
+      "perplexity_corpora": ((corpora + (f" (data: {data_root})" if data_root else f" — skipped: {root_reason}"))
+                             + (f"; first {int(config.compare.perplexity_max_chars):,} characters of each"
+                                if int(config.compare.get("perplexity_max_chars", 0)) > 0 else "")
+                             if corpora else "none (compare.perplexity is empty)"),
   }
   if str(d.seq_len_schedule):
     proto["seq_len_schedule"] = str(d.seq_len_schedule)

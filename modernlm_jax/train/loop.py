@@ -9,6 +9,7 @@ batches are prepared and placed on device by a background thread.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -145,9 +146,7 @@ def train(config, workdir: str | Path, stage: StageData, *, init_params_fn: Call
   guard = preemption.PreemptionGuard(checkpoint_minutes=float(t_cfg.get("checkpoint_minutes", 0.0) or 0.0),
                                      process_count=jax.process_count())
   preempted_at = None
-  seq_len = int(config.data.seq_len)
-  tokens_per_step = B * seq_len
-  fpt = flops_per_token(model_cfg, seq_len)
+  fpt = functools.lru_cache(maxsize=None)(functools.partial(flops_per_token, model_cfg))  # per sequence length
   peak = device_peak_flops()
   if peak:
     peak *= mesh.devices.size  # tokens_per_s counts the global batch, so compare with all devices' peak
@@ -155,7 +154,8 @@ def train(config, workdir: str | Path, stage: StageData, *, init_params_fn: Call
   profile_window = (start + 3, start + 3 + profile_steps) if profile_steps > 0 else None  # after warm-up
   total_steps = int(t_cfg.steps)
   progress = ProgressLine(total_steps, start)
-  prefetch = DevicePrefetcher(stage.train_iter, mesh, accum_steps=accum, size=2)
+  prefetch = DevicePrefetcher(stage.train_iter, mesh, accum_steps=accum, size=2, with_tokens=True)
+  tokens_seen = _tokens_before(config, ckpt, start, B)
   final: dict[str, Any] = {}
   last_good_ckpt = ckpt.latest_step()
   # Steps dispatched but not yet looked at: (step, device metrics, data state after that batch). The host reads
@@ -169,22 +169,28 @@ def train(config, workdir: str | Path, stage: StageData, *, init_params_fn: Call
     if not pending:
       return
     items, pending = pending, []
+    host = _host_metrics(items)  # waits for the device: the clock is read after, so the wait counts here
     now = time.perf_counter()
-    dt, t_last = (now - t_last) / len(items), now  # the interval's mean step time
-    for (step, _, data_state), m in zip(items, _host_metrics(items)):
-      process(step, m, data_state, dt)
+    seconds, t_last = max(now - t_last, 1e-9), now
+    # Tokens and FLOPs of the interval from its batches (lengths may change under data.seq_len_schedule).
+    interval = {"step_time_s": seconds / len(items), "tokens_per_s": sum(it[3][0] for it in items) / seconds,
+                "flops_per_s": sum(fpt(it[3][1]) * it[3][0] for it in items) / seconds}
+    for (step, _, data_state, n_tokens), m in zip(items, host):
+      process(step, m, data_state, n_tokens[0], interval)
 
-  def process(step, m, data_state, dt):
+  def process(step, m, data_state, n_tokens, interval):
+    nonlocal tokens_seen
     if not m.pop("finite") and not t_cfg.skip_nonfinite:
       raise NonFiniteLossError(
           f"non-finite loss or gradient norm at step {step} (loss={m.get('objective_loss')}, grad_norm="
           f"{m.get('grad_norm')}); data position {json.dumps(data_state)[:300]}. Nothing from this step on was "
           f"saved; last good checkpoint: step {last_good_ckpt} in {ckpt.directory}. Lower train.lr, raise "
           "train.warmup_steps, or set train.skip_nonfinite=True to skip such batches.")
-    m.update(step=step + 1, step_time_s=dt, tokens_per_s=tokens_per_step / max(dt, 1e-9),
-             tokens_seen=(step + 1) * tokens_per_step)
+    tokens_seen += n_tokens
+    m.update(step=step + 1, step_time_s=interval["step_time_s"], tokens_per_s=interval["tokens_per_s"],
+             tokens=n_tokens, tokens_seen=tokens_seen)
     if peak:
-      m["mfu"] = fpt * m["tokens_per_s"] / peak
+      m["mfu"] = interval["flops_per_s"] / peak
     if (step + 1) % int(t_cfg.log_every) == 0 or step == start:
       writer.write(m)
       progress.show(m)
@@ -200,7 +206,7 @@ def train(config, workdir: str | Path, stage: StageData, *, init_params_fn: Call
     guard.install()
     end = min(total_steps, stop_at) if stop_at else total_steps
     for step in range(start, end):
-      batch, data_state = next(prefetch)
+      batch, data_state, n_tokens = next(prefetch)
       if profile_window and step == profile_window[0] and is_main:
         jax.profiler.start_trace(str(workdir / "profile"))
         tracing = True
@@ -212,7 +218,7 @@ def train(config, workdir: str | Path, stage: StageData, *, init_params_fn: Call
         trace_summary.summarize(workdir / "profile", top=15)
       if pending and (pending[-1][0] == start or (pending[-1][0] + 1) % int(t_cfg.log_every) == 0):
         process_pending()  # the previous step was a log step
-      pending.append((step, dev_metrics, data_state))
+      pending.append((step, dev_metrics, data_state, n_tokens))
       stop, save_due = guard.check(step)  # a SIGTERM/SIGINT arrived; train.checkpoint_minutes have passed
       done = step + 1 == end or stop
       evaluate_now = (step + 1) % int(t_cfg.eval_every) == 0 or (done and not stop)
@@ -222,12 +228,13 @@ def train(config, workdir: str | Path, stage: StageData, *, init_params_fn: Call
       if evaluate_now:
         ev = evaluate(eval_step, state.params, eval_batches, state.ref_params,
                       reports_perplexity=bool(objective.reports_perplexity))
-        ev["step"] = step + 1
+        ev["step"], ev["tokens_seen"] = step + 1, tokens_seen
         writer.write(ev)
         progress.show({**final, **ev})
         final.update(ev)
       if save_now:
-        ckpt.save(step + 1, state, data_state, {**meta, "step": step + 1}, force=done or save_due)
+        ckpt.save(step + 1, state, data_state, {**meta, "step": step + 1, "tokens_seen": tokens_seen},
+                  force=done or save_due)
         guard.saved()
         last_good_ckpt = step + 1
       if (step + 1) % int(t_cfg.log_every) == 0:
@@ -249,3 +256,15 @@ def train(config, workdir: str | Path, stage: StageData, *, init_params_fn: Call
   final["skipped_steps"] = int(jax.device_get(state.skipped))
   final["params"] = state.params
   return final
+
+
+def _tokens_before(config, ckpt, start: int, batch_size: int) -> int:
+  """Tokens trained before `start`: as saved with the checkpoint, else the scheduled batch shapes (older runs)."""
+  if start == 0:
+    return 0
+  saved = (ckpt.read_meta(start) or {}).get("tokens_seen")
+  if saved is not None:
+    return int(saved)
+  from modernlm_jax.data.pipeline import scheduled_tokens
+
+  return scheduled_tokens(config.data, start, batch_size)
