@@ -9,6 +9,8 @@ from __future__ import annotations
 import jax
 import optax
 
+from modernlm_jax.model.param_layout import SCANNED_LAYERS
+
 
 def learning_rate_schedule(train_cfg) -> optax.Schedule:
   warmup = int(train_cfg.warmup_steps)
@@ -26,7 +28,8 @@ def decay_mask(params, decay_embeddings: bool):
 
   def wants_decay(path, leaf):
     names = [getattr(k, "key", str(k)) for k in path]
-    if leaf.ndim < 2:  # norms, biases, sink logits
+    ndim = leaf.ndim - (names[0] == SCANNED_LAYERS)  # `model.scan_layers` stacks every layer on a leading axis
+    if ndim < 2:  # norms, biases, sink logits
       return False
     if names[0] in ("embed", "pos_embed") or names[-1] == "pos_embed":
       return bool(decay_embeddings)
