@@ -8,9 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from modernlm_jax.model import LanguageModel, ModelConfig, init_params
+from modernlm_jax.model import LanguageModel, ModelConfig, init_params, tpu_attention
 from modernlm_jax.model import positions as pos_lib
-from modernlm_jax.model import tpu_attention
 from modernlm_jax.model.attention import reference_attention, select_attention_impl
 from modernlm_jax.model.kernels.flash import flash_attention
 

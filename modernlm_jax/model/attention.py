@@ -28,8 +28,8 @@ import jax.numpy as jnp
 
 from modernlm_jax.model import positions as pos_lib
 from modernlm_jax.model import tpu_attention
-from modernlm_jax.model.kernels import flash
 from modernlm_jax.model.config import ModelConfig
+from modernlm_jax.model.kernels import flash
 from modernlm_jax.model.layers import RMSNorm, compute_dtype, normal_init, param_with_axes, residual_init
 
 _NEG_INF = -1e30  # finite, so rows with every key masked (padding) give zeros-weighted output instead of NaN
