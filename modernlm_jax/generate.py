@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from modernlm_jax.model import LanguageModel, ModelConfig, init_cache, logits_from_hidden
+from modernlm_jax.model import LanguageModel, ModelConfig, init_cache
 
 
 def sample_logits(logits_BV, rng, temperature, top_k, top_p):
@@ -60,7 +60,12 @@ def _apply_last(model, params, cfg, cache, tokens_BT, positions_BT, stream_sinks
   """One cached forward pass; logits [B, V] of the last position only (the others are never sampled)."""
   hidden_BTD, cache = model.apply({"params": params}, tokens_BT, positions=positions_BT, cache=cache,
                                   stream_sinks=stream_sinks, return_hidden=True)
-  return logits_from_hidden(params, cfg, hidden_BTD[:, -1:])[:, 0], cache
+  h_BD = hidden_BTD[:, -1]
+  if cfg.tie_embeddings:  # contract with the [V, D] table as stored (no transposed copy inside the loop)
+    logits_BV = jnp.einsum("bd,vd->bv", h_BD, params["embed"]["embedding"].astype(h_BD.dtype))
+  else:
+    logits_BV = h_BD @ params["lm_head"].astype(h_BD.dtype)
+  return logits_BV.astype(jnp.float32), cache
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "stream_sinks"))
