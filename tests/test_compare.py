@@ -208,6 +208,7 @@ def _mini_config(tmp_path: Path):
   c.compare.inference.update(dict(prefill_tokens=32, prefill_repeats=2, decode_tokens=8, decode_repeats=1,
                                   context_lengths="16,32", long_context_lengths="", context_repeats=1, subprocess=False))
   c.compare.smoke.update(dict(overfit_rows=2, overfit_len=16, overfit_steps=5, min_points=2))
+  c.compare.long_context.enabled = c.compare.dialogue.enabled = False  # covered by test_compare_protocol.py
   return c
 
 
