@@ -23,6 +23,7 @@ def _full_nll(params, cfg, toks):
 TOKS = np.random.default_rng(0).integers(0, 64, 30)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cfg,mode", [
     (_cfg(positions="none", norm="rmsnorm", mlp="swiglu", use_bias=False, layer_pattern=("ssm", "rwkv")), "native"),
     (_cfg(positions="rope", norm="rmsnorm", mlp="swiglu", use_bias=False), "extrapolate"),
@@ -35,6 +36,7 @@ def test_chunked_pass_equals_full_forward(cfg, mode):
     np.testing.assert_allclose(got, _full_nll(params, cfg, TOKS), rtol=2e-4, atol=2e-4)
 
 
+@pytest.mark.slow
 def test_window_and_sinks_differ_once_the_window_rolls():
     cfg = _cfg(positions="rope", norm="rmsnorm", mlp="swiglu", use_bias=False)
     params = init_params(cfg, 1)
@@ -46,6 +48,7 @@ def test_window_and_sinks_differ_once_the_window_rolls():
     assert np.abs(w[40:] - s[40:]).max() > 1e-3 and np.abs(w[40:] - full[40:]).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_curve_labels_every_mode_and_buckets_positions():
     gpt2 = _cfg()
     modern = _cfg(positions="rope", norm="rmsnorm", mlp="swiglu", use_bias=False)
