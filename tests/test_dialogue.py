@@ -112,3 +112,12 @@ def test_shared_hh_test_split_loads():
         pytest.skip("shared HH-RLHF data absent")
     d = dialogue.load_dialogues("hh", limit=20, data_root=shared_data_root())
     assert len(d) == 20 and all(len(x.turns) % 2 == 0 for x in d)
+
+
+def test_bleu_falls_back_to_ours_without_sacrebleu(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "sacrebleu", None)  # import sacrebleu -> ImportError
+    score, impl = dialogue.bleu(["the cat sat down"], ["the cat sat on the mat"])
+    assert "corpus_bleu" in impl and score == pytest.approx(dialogue.corpus_bleu(["the cat sat down"],
+                                                                                 ["the cat sat on the mat"]))
