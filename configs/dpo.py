@@ -8,7 +8,7 @@ Data: --config.data.source=jsonl:PATH (HH-RLHF chosen/rejected transcripts or pr
 JSONL; see modernlm_jax/data/formats.py).
 """
 
-from modernlm_jax.config_base import base_config
+from modernlm_jax.config_base import apply_stage_size, base_config
 from modernlm_jax.data.posttrain_pipeline import default_posttrain_data_config
 
 
@@ -20,13 +20,5 @@ def get_config(arg: str | None = None):
   c.dpo.beta = 0.1
   c.data = default_posttrain_data_config("dpo")
   c.data.pack_sft = False  # pairs are never packed
-  if preset.endswith("-tiny"):
-    c.data.seq_len = 256
-    c.train.update(dict(steps=40, batch_size=8, lr=2e-4, warmup_steps=4, eval_every=20, eval_batches=4,
-                        checkpoint_every=40, log_every=10, weight_decay=0.0))
-  else:
-    c.data.seq_len = min(1024, c.model.max_len)
-    large = "125m" in preset or "253m" in preset
-    c.train.update(dict(steps=1000, batch_size=32, lr=5e-7 if large else 5e-6, warmup_steps=50, eval_every=200,
-                        eval_batches=8, checkpoint_every=250, log_every=25, weight_decay=0.0))
+  apply_stage_size(c, "dpo", preset)
   return c

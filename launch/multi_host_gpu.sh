@@ -88,6 +88,9 @@ done
 config_arg="$CONFIG"
 [[ -n $PRESET ]] && config_arg="$CONFIG:$PRESET"
 main_cmd=("$PYTHON" -m modernlm_jax.main "--config=$config_arg" "--workdir=$WORKDIR" "${MAIN_FLAGS[@]}")
+# A gs:// workdir needs the GCS client (gcsfs) on every host.
+EXTRAS="gpu"
+[[ $WORKDIR == gs://* ]] && EXTRAS="gpu,gcs"
 
 launch_slurm() {
   [[ -n $NODES ]] || die_usage "--nodes is required with --mode slurm"
@@ -117,7 +120,7 @@ EOF
 
   if [[ $SKIP_INSTALL == 0 ]]; then
     # The nodes share this filesystem (and environment), so one install from here serves all of them.
-    run "$PYTHON" -m pip install -e "${REPO_ROOT}[gpu]"
+    run "$PYTHON" -m pip install -e "${REPO_ROOT}[$EXTRAS]"
   fi
   run mkdir -p "$LOG_DIR"
   echo "+ write $script:"
@@ -142,7 +145,7 @@ launch_ssh() {
           "$REPO_ROOT/" "$host:$REMOTE_DIR/"
     fi
     if [[ $SKIP_INSTALL == 0 ]]; then
-      run ssh "$host" "cd $remote_dir_q && $(shell_quote "$PYTHON") -m pip install -e '.[gpu]'"
+      run ssh "$host" "cd $remote_dir_q && $(shell_quote "$PYTHON") -m pip install -e '.[$EXTRAS]'"
     fi
   done
 

@@ -111,8 +111,9 @@ if has_step copy; then
 fi
 
 if has_step install; then
-  # jax[tpu] brings libtpu from PyPI; the same install runs on every worker so their versions agree.
-  on_all_workers "cd $REMOTE_DIR && python3 -m pip install -U pip && python3 -m pip install -e '.[tpu]'"
+  # jax[tpu] brings libtpu from PyPI, gcs the gs:// client (gcsfs); the same install runs on every worker so their
+  # versions agree.
+  on_all_workers "cd $REMOTE_DIR && python3 -m pip install -U pip && python3 -m pip install -e '.[tpu,gcs]'"
 fi
 
 if has_step run; then

@@ -34,9 +34,12 @@ def train_defaults() -> ml_collections.ConfigDict:
       eval_batches=8,
       checkpoint_every=200,
       keep_checkpoints=3,
+      checkpoint_minutes=0.0,  # > 0: also save when this much wall time passed since the last save (preemptible VMs)
+      allow_schedule_change=False,  # True: resume with changed lr/steps/optimizer settings (recorded in metrics)
       async_checkpoint=True,
       tensorboard=True,
       profile_steps=0,  # >0: write a jax.profiler trace of that many steps after warm-up
+      compilation_cache_dir="auto",  # per-host persistent JAX compilation cache; auto = ~/.cache/modernlm_jax/...; '' = off
   ))
 
 
@@ -76,3 +79,35 @@ def apply_preset_tokenizer(c: ml_collections.ConfigDict, preset: str) -> None:
     c.tokenizer.vocab_size = c.model.vocab_size
 
 
+# Per stage, the step budget and schedule of each preset size, in one table: "tiny" sizes the development
+# presets to finish in minutes on 2 CPU cores with a clearly falling loss; "full" is every real scale, with
+# `lr` for 3.5M-30M and `large_lr` for 125M/253M.
+STAGE_SIZES = {
+    "pretrain": dict(
+        tiny=dict(seq_len=128, train=dict(steps=300, batch_size=16, lr=3e-3, warmup_steps=30, eval_every=100,
+                                          eval_batches=16, checkpoint_every=100, log_every=25)),
+        full=dict(train=dict(steps=10_000, batch_size=64, warmup_steps=500, eval_every=500, checkpoint_every=1000,
+                             log_every=50), lr=1e-3, large_lr=6e-4)),
+    "sft": dict(
+        tiny=dict(seq_len=256, train=dict(steps=60, batch_size=8, lr=1e-3, warmup_steps=6, eval_every=20,
+                                          eval_batches=4, checkpoint_every=60, log_every=10)),
+        full=dict(train=dict(steps=2000, batch_size=32, warmup_steps=100, eval_every=250, eval_batches=8,
+                             checkpoint_every=500, log_every=25), lr=1e-4, large_lr=3e-5)),
+    "dpo": dict(
+        tiny=dict(seq_len=256, train=dict(steps=40, batch_size=8, lr=2e-4, warmup_steps=4, eval_every=20,
+                                          eval_batches=4, checkpoint_every=40, log_every=10, weight_decay=0.0)),
+        full=dict(train=dict(steps=1000, batch_size=32, warmup_steps=50, eval_every=200, eval_batches=8,
+                             checkpoint_every=250, log_every=25, weight_decay=0.0), lr=5e-6, large_lr=5e-7)),
+}
+
+
+def apply_stage_size(c: ml_collections.ConfigDict, stage: str, preset: str) -> None:
+  """Sequence length and train budget of `stage` for `preset` from STAGE_SIZES."""
+  sizes = STAGE_SIZES[stage]
+  if preset.endswith("-tiny"):
+    c.data.seq_len = sizes["tiny"]["seq_len"]
+    c.train.update(sizes["tiny"]["train"])
+    return
+  c.data.seq_len = min(1024, c.model.max_len)
+  large = "125m" in preset or "253m" in preset
+  c.train.update(dict(sizes["full"]["train"], lr=sizes["full"]["large_lr" if large else "lr"]))

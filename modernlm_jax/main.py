@@ -13,6 +13,9 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from modernlm_jax import config_check
+from modernlm_jax.train import workdir_lock
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Task config file (configs/*.py), optionally with :preset.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, reports. Default: runs/<preset>.")
@@ -55,6 +58,24 @@ def _on_cloud_tpu_vm() -> bool:
   return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
 
 
+def check_storage(config, workdir: str) -> None:
+  """gs:// locations need credentials and a bucket: checked in seconds, before anything is written anywhere."""
+  from modernlm_jax import paths
+
+  named = [workdir, str(config.get("init_from", "") or "")]
+  named += [s for key in ("checkpoint", "stages") for s in str(config.get(key, "") or "").replace("=", ",").split(",")]
+  for location in dict.fromkeys(s.strip() for s in named if paths.is_remote(s.strip())):
+    paths.check_access(location)
+
+
+def setup_compilation_cache(config) -> None:
+  """The per-host persistent compilation cache (train.compilation_cache_dir; '' = off), before compiling."""
+  from modernlm_jax.train import compile_cache
+
+  train_cfg = config.get("train") or {}
+  compile_cache.setup(str(train_cfg.get("compilation_cache_dir", "auto")))
+
+
 def run_task(config, workdir: str):
   task = config.task
   if task == "pretrain":
@@ -82,11 +103,31 @@ def main(argv):
   logging.getLogger("absl").setLevel(logging.WARNING)
   config = _CONFIG.value
   workdir = _WORKDIR.value or os.path.join("runs", f"{config.task}-{config.get('preset', 'run')}")
+  try:
+    config_check.check_config(config)  # every setting, before any work (tokenizer training included)
+  except config_check.ConfigError as e:
+    sys.exit(f"error: {e}")
+  try:
+    check_storage(config, workdir)
+  except RuntimeError as e:  # paths.StorageAccessError: the message names the bucket and the fix
+    raise SystemExit(f"error: {e}") from None
   maybe_initialize_distributed()
-  run_task(config, workdir)
+  setup_compilation_cache(config)
+  lock = workdir_lock.acquire(workdir)  # one run per workdir, for the job's whole life
+  try:
+    run_task(config, workdir)
+  finally:
+    workdir_lock.release(lock)
+  from modernlm_jax.train import compile_cache
+
+  compile_cache.log_stats()
 
 
 if __name__ == "__main__":
   apply_cpu_workarounds()
+  try:
+    config_check.check_override_keys(sys.argv[1:])  # a mistyped key: an error listing the valid keys
+  except config_check.ConfigError as e:
+    sys.exit(f"error: {e}")
   flags.mark_flag_as_required("config")
   app.run(main)

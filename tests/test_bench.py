@@ -90,7 +90,7 @@ def test_resolve_rejects_bad_settings():
 def test_gpu_preset_uses_the_fast_path(monkeypatch):
   """On a GPU the default gpt2-125m bench is bf16, chunked loss, 16×1024, and cuDNN attention is selected."""
   from modernlm_jax.model.attention import select_attention_impl
-  from modernlm_jax.train.objectives import make_objective
+  from modernlm_jax.train.registry import make_objective
 
   c = bench_config_module().get_config(None)
   assert c.preset == "gpt2-125m"

@@ -12,7 +12,8 @@ TINY_MODEL = ("--config.model.n_layers=1 --config.model.d_model=32 --config.mode
 
 
 def _env():
-  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+  # PYTHON: the scripts run the interpreter running the tests, not whichever python3 is first on PATH.
+  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", PYTHON=sys.executable)
   env.pop("XLA_FLAGS", None)  # one CPU device is enough; main.py adds its own CPU workaround
   return env
 

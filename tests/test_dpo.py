@@ -15,8 +15,8 @@ from modernlm_jax.data.posttrain_pipeline import batch_from_examples
 from modernlm_jax.data.tokenizers import ByteTokenizer
 from modernlm_jax.model import LanguageModel, ModelConfig, init_params
 from modernlm_jax.train.dpo import DPOObjective, dpo_terms, real_pairs, response_logps
-from modernlm_jax.train.objectives import make_objective
 from modernlm_jax.train.optim import learning_rate_schedule, make_optimizer
+from modernlm_jax.train.registry import make_objective
 from modernlm_jax.train.step import TrainState, create_state, make_train_step
 from tests.train_utils import tiny_config
 
@@ -121,12 +121,7 @@ def test_missing_reference_is_a_clear_error(tiny_model):
   model_cfg, params = tiny_model
   batch = batch_from_examples(random_pairs(1), "dpo", 40, 256)
   with pytest.raises(ValueError, match="ref_params"):
-    DPOObjective(model_cfg).loss_sums(params, batch, None, {})
-
-
-class _NoOpt:
-  def init(self, params):
-    return ()
+    DPOObjective(model_cfg).loss_sums(params, batch, None)
 
 
 def test_dpo_overfits_64_pairs_reward_accuracy_from_half_to_95_percent():
@@ -134,7 +129,7 @@ def test_dpo_overfits_64_pairs_reward_accuracy_from_half_to_95_percent():
   cfg.dpo.beta = 0.5
   model_cfg = ModelConfig.from_dict(cfg.model)
   batch = batch_from_examples(random_pairs(64, seed=1), "dpo", 40, 256)
-  opt = make_optimizer(cfg.train, jax.eval_shape(lambda: create_state(model_cfg, _NoOpt(), 0).params))
+  opt = make_optimizer(cfg.train, jax.eval_shape(lambda: init_params(model_cfg, 0)))
   step = jax.jit(make_train_step(make_objective(cfg), opt, learning_rate_schedule(cfg.train)))
   state: TrainState = create_state(model_cfg, opt, 0, with_reference=True)
   accuracies = []
@@ -155,5 +150,5 @@ def test_validation_reports_perplexity_only_for_token_losses():
                                           jnp.float32(batch))
   token = evaluate(fake_step, None, [1.0, 3.0])
   assert token["val_loss"] == pytest.approx(2.0) and token["val_ppl"] == pytest.approx(np.exp(2.0))
-  pairs = evaluate(fake_step, None, [1.0, 3.0], loss_is_token_nll=DPOObjective.loss_is_token_nll)
+  pairs = evaluate(fake_step, None, [1.0, 3.0], reports_perplexity=DPOObjective.reports_perplexity)
   assert "val_ppl" not in pairs and pairs["val_accuracy"] == pytest.approx(1.0)

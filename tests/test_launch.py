@@ -101,7 +101,7 @@ def test_tpu_dry_run_prints_create_copy_install_run_on_all_workers(tmp_path):
   for step in (untar, install, train):
     assert step.startswith("gcloud compute tpus tpu-vm ssh lm-v4 --zone=us-central2-b --project=proj --worker=all")
   assert "tar -xzf /tmp/modernlm_jax-lm-v4.tgz -C modernlm_jax" in untar
-  assert "pip install -e '\\''.[tpu]'\\''" in install
+  assert "pip install -e '\\''.[tpu,gcs]'\\''" in install
   assert ("python3 -m modernlm_jax.main --config=configs/pretrain.py:modern-30m --workdir=gs://bucket/runs/m30 "
           "--config.train.steps=100") in train
   assert "set -o pipefail" in train

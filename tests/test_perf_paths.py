@@ -102,7 +102,7 @@ def test_dropping_single_segment_ids_is_the_same_function():
 
 
 def test_objective_keeps_segments_when_documents_are_isolated():
-  from modernlm_jax.train.objectives import make_objective
+  from modernlm_jax.train.registry import make_objective
 
   c = tiny_config()
   assert make_objective(c).use_segment_ids is True  # no data.isolate_documents key: the safe default

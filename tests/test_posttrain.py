@@ -19,8 +19,9 @@ from modernlm_jax.data.tokenizers import ByteTokenizer
 from modernlm_jax.model import ModelConfig, init_params
 from modernlm_jax.train.dpo import DPOObjective
 from modernlm_jax.train.init_from import InitFromError, load_params
-from modernlm_jax.train.objectives import NextTokenObjective, make_objective
+from modernlm_jax.train.objectives import NextTokenObjective
 from modernlm_jax.train.optim import learning_rate_schedule, make_optimizer
+from modernlm_jax.train.registry import make_objective
 from modernlm_jax.train.step import create_state, make_train_step
 
 TOK = ByteTokenizer()
@@ -251,11 +252,6 @@ def test_sft_loss_ignores_prompt_targets_and_sees_response_targets(sft_data):
     assert abs(float(loss(changed_response)) - base) > 1e-3
 
 
-class _NoOpt:
-    def init(self, params):
-        return ()
-
-
 def test_sft_overfits_64_examples_response_loss_falls_80_percent():
     # Each response repeats its prompt's random word: 64 examples a tiny model fits in a few dozen steps.
     rng = np.random.default_rng(0)
@@ -274,7 +270,7 @@ def test_sft_overfits_64_examples_response_loss_falls_80_percent():
     cfg.objective = "sft"
     cfg.model.update(dict(vocab_size=264, max_len=48, d_model=64, n_heads=4, d_ff=128))
     model_cfg = ModelConfig.from_dict(cfg.model)
-    opt = make_optimizer(cfg.train, jax.eval_shape(lambda: create_state(model_cfg, _NoOpt(), 0).params))
+    opt = make_optimizer(cfg.train, jax.eval_shape(lambda: init_params(model_cfg, 0)))
     step = jax.jit(make_train_step(make_objective(cfg), opt, learning_rate_schedule(cfg.train)))
     state = create_state(model_cfg, opt, 0)
     losses = []

@@ -7,19 +7,12 @@ import numpy as np
 import pytest
 
 from modernlm_jax.eval import scoring, statefulness
+from tests.fakes import ByteTokenizer
 
 V = 257
 MATCH = 8
 
 
-class ByteTokenizer:
-    vocab_size, eos_id, identity = 257, 256, "bytes-test"
-
-    def encode(self, text):
-        return list(text.encode("utf-8"))
-
-    def decode(self, ids):
-        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
 
 
 def make_induction_model(strength=8.0):

@@ -9,22 +9,12 @@ import pytest
 
 from modernlm_jax.compare import stage_table
 from modernlm_jax.eval import suite
+from tests.fakes import ByteTokenizer
 
 V = 257
 TABLE = jnp.asarray(np.random.default_rng(0).normal(size=(V, V)).astype(np.float32))
 
 
-class ByteTokenizer:
-    vocab_size, eos_id = 257, 256
-
-    def __init__(self, identity="bytes-test"):
-        self.identity = identity
-
-    def encode(self, text):
-        return list(text.encode("utf-8"))
-
-    def decode(self, ids):
-        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
 
 
 def bigram_forward(tokens_BT, positions_BT, segment_ids_BT):

@@ -14,24 +14,13 @@ from modernlm_jax.eval import fewshot as tasks
 from modernlm_jax.eval.fewshot.choice import SST2_QUESTION
 from modernlm_jax.eval.fewshot.common import fewshot_indices
 from modernlm_jax.eval.fewshot.gsm8k import extract_flexible, extract_strict
+from tests.fakes import ByteTokenizer
 
 V = 257
 TABLE = np.random.default_rng(0).normal(size=(V, V)).astype(np.float32) * 2.0
 LOGP = TABLE - np.log(np.exp(TABLE.astype(np.float64)).sum(-1, keepdims=True))
 
 
-class ByteTokenizer:
-    vocab_size, eos_id, identity = 257, 256, "bytes-test"
-
-    def __init__(self):
-        self.seen = []
-
-    def encode(self, text):
-        self.seen.append(text)
-        return list(text.encode("utf-8"))
-
-    def decode(self, ids):
-        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
 
 
 def bigram_forward(tokens_BT, positions_BT, segment_ids_BT):

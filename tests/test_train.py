@@ -14,8 +14,8 @@ from modernlm_jax.model import ModelConfig
 from modernlm_jax.train import checkpoint as ckpt_lib
 from modernlm_jax.train import mesh as mesh_lib
 from modernlm_jax.train.loop import NonFiniteLossError, train
-from modernlm_jax.train.objectives import make_objective
 from modernlm_jax.train.optim import learning_rate_schedule, make_optimizer
+from modernlm_jax.train.registry import make_objective
 from modernlm_jax.train.step import create_state, make_train_step
 from modernlm_jax.train.synthetic import SyntheticBatches
 

@@ -22,6 +22,7 @@ from typing import Any
 import jax
 import ml_collections
 
+from modernlm_jax import paths
 from modernlm_jax.config_base import model_config_dict
 from modernlm_jax.model import ModelConfig, scales
 
@@ -163,7 +164,7 @@ def build_shared_tokenizers(config, workdir: str | Path, scale_names: list[str])
   from modernlm_jax.data.pipeline import tokenizer_training_texts
   from modernlm_jax.data.tokenizers import SP_MODEL_FILE, build_tokenizer
 
-  workdir = Path(workdir)
+  workdir = paths.path(workdir)  # local (absolute) or gs://
   specs = {s: tokenizer_settings(config, s) for s in scale_names}
   sp_vocabs = sorted({v["vocab_size"] for v in specs.values() if v["kind"] == "sentencepiece"})
   built: dict[str, tuple[Any, Any]] = {}
@@ -177,7 +178,7 @@ def build_shared_tokenizers(config, workdir: str | Path, scale_names: list[str])
         tok_cfg.vocab_size = spec["vocab_size"]
         home = workdir if len(sp_vocabs) == 1 else workdir / f"vocab-{spec['vocab_size']}"
         tok = build_tokenizer(tok_cfg, str(home), train_texts=tokenizer_training_texts(config.data))
-        tok_cfg.path = str((home / "tokenizer" / SP_MODEL_FILE).absolute())
+        tok_cfg.path = str(home / "tokenizer" / SP_MODEL_FILE)
       else:
         tok = build_tokenizer(tok_cfg, str(workdir))
       built[key] = (tok, tok_cfg)

@@ -75,6 +75,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from modernlm_jax import paths
+
 SCHEMA_VERSION = 1
 DEFAULT_BASELINE = "gpt2"
 MEM_KINDS = ("device_peak_bytes_in_use", "process_peak_rss")
@@ -357,9 +359,12 @@ def save(results: Mapping, path: str | os.PathLike) -> Path:
     problems = validate(results)
     if problems:
         raise ValueError("refusing to save invalid results:\n  " + "\n  ".join(problems))
+    text = json.dumps(results, indent=2, sort_keys=False, allow_nan=False) + "\n"
+    if paths.is_remote(path):  # gs://: an object is committed whole when its upload completes
+        paths.write_text_atomic(path, text)
+        return paths.path(path)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(results, indent=2, sort_keys=False, allow_nan=False) + "\n"
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -376,7 +381,7 @@ def save(results: Mapping, path: str | os.PathLike) -> Path:
 
 def load(path: str | os.PathLike, strict: bool = True) -> dict:
     """Reads results.json; with strict=True a schema problem raises ValueError listing all of them."""
-    path = Path(path)
+    path = paths.path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; run the comparison first or pass the right --workdir")
     with path.open(encoding="utf-8") as f:

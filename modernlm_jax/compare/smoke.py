@@ -17,17 +17,12 @@ import logging
 import jax
 import numpy as np
 
-from modernlm_jax.model import ModelConfig
-from modernlm_jax.train.objectives import make_objective
+from modernlm_jax.model import ModelConfig, init_params
 from modernlm_jax.train.optim import learning_rate_schedule, make_optimizer
+from modernlm_jax.train.registry import make_objective
 from modernlm_jax.train.step import create_state, make_train_step
 
 log = logging.getLogger(__name__)
-
-
-class _NoOpt:
-  def init(self, params):
-    return ()
 
 
 def overfit_batch(first_batch: dict, rows: int, length: int) -> dict:
@@ -45,7 +40,7 @@ def overfit(member_cfg, batch: dict, *, steps: int, lr: float) -> dict:
   cfg.train.update(dict(steps=steps, lr=lr, warmup_steps=min(10, steps // 10), schedule="constant",
                         weight_decay=0.0, grad_clip=1.0, accum_steps=1))
   model_cfg = ModelConfig.from_dict(cfg.model)
-  opt = make_optimizer(cfg.train, jax.eval_shape(lambda: create_state(model_cfg, _NoOpt(), int(cfg.seed)).params))
+  opt = make_optimizer(cfg.train, jax.eval_shape(lambda: init_params(model_cfg, int(cfg.seed))))
   step = jax.jit(make_train_step(make_objective(cfg), opt, learning_rate_schedule(cfg.train)))
   state = create_state(model_cfg, opt, int(cfg.seed))
   first = last = None

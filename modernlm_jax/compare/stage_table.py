@@ -10,7 +10,7 @@
 ``stage_table(stages, metrics=None) -> str``
     Markdown: one values table (stages x metrics) and one delta table per metric.
 When ``metrics`` is None the headline metrics present in every stage are used
-(``HEADLINE_SUFFIXES``).
+(``headline_suffixes()``).
 """
 
 from __future__ import annotations
@@ -19,10 +19,17 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-HEADLINE_SUFFIXES = ("/perplexity", "/bits_per_byte", "tasks/lambada/acc", "tasks/hellaswag/acc_norm",
-                     "tasks/sst2/acc", "tasks/gsm8k/exact_match_strict", "statefulness/overall_acc")
+from modernlm_jax.eval.fewshot.registry import TASKS
+
+
+def headline_suffixes() -> tuple[str, ...]:
+    """Perplexity and bits/byte of every corpus, each registered task's headline metric, the probe score."""
+    return ("/perplexity", "/bits_per_byte", *(f"tasks/{n}/{t.headline}" for n, t in TASKS.items()),
+            "statefulness/overall_acc")
+
+
 _PERPLEXITY_KEYS = ("perplexity", "bits_per_byte", "word_perplexity", "nats_per_token")
-_TASK_KEYS = ("acc", "acc_norm", "perplexity", "exact_match_strict", "exact_match_flexible")
+_TASK_KEYS = ("acc", "acc_norm", "perplexity", "exact_match_strict", "exact_match_flexible")  # and every task's own
 
 
 def _is_number(x: Any) -> bool:
@@ -37,7 +44,8 @@ def flatten_metrics(result: Mapping[str, Any]) -> dict[str, float]:
     for corpus, r in result.get("perplexity", {}).items():
         flat.update({f"perplexity/{corpus}/{k}": float(r[k]) for k in _PERPLEXITY_KEYS if k in r})
     for task, r in result.get("tasks", {}).items():
-        flat.update({f"tasks/{task}/{k}": float(r[k]) for k in _TASK_KEYS if k in r})
+        keys = set(_TASK_KEYS) | set(TASKS[task].metrics if task in TASKS else ())
+        flat.update({f"tasks/{task}/{k}": float(r[k]) for k in sorted(keys) if k in r and _is_number(r[k])})
     st = result.get("statefulness")
     if st:
         flat["statefulness/overall_acc"] = float(st["overall_acc"])
@@ -58,7 +66,7 @@ def stage_deltas(stages: Mapping[str, Mapping[str, Any]],
     flat = {stage: flatten_metrics(r) for stage, r in stages.items()}
     common = set.intersection(*(set(f) for f in flat.values()))
     if metrics is None:
-        metrics = sorted(m for m in common if m.endswith(HEADLINE_SUFFIXES))
+        metrics = sorted(m for m in common if m.endswith(headline_suffixes()))
     else:
         for stage, f in flat.items():
             missing = [m for m in metrics if m not in f]

@@ -33,8 +33,6 @@ sequence; ``skip`` drops the example. Every case is counted in ``FormatStats``.
 from __future__ import annotations
 
 import dataclasses
-import gzip
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -42,7 +40,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from modernlm_jax.data.sources import expand_glob
+from modernlm_jax.data.files import content_hash, expand_glob, open_text  # noqa: F401  (content_hash re-exported)
 from modernlm_jax.data.tokenizers import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -141,11 +139,6 @@ class EncodedPair:
     rejected: np.ndarray
 
 
-def content_hash(key: str) -> int:
-    """A stable 64-bit hash (independent of the Python process) for held-out splits."""
-    return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "little")
-
-
 # ----------------------------------------------------------------------------- reading files
 
 
@@ -162,12 +155,6 @@ def source_paths(spec: str) -> list[Path]:
     except FileNotFoundError as err:
         raise FileNotFoundError(f"{err}. Set --config.data.source=jsonl:PATH_OR_GLOB (or $MODERNLM_SHARED_DATA for "
                                 "the shared data folder)") from None
-
-
-def _open(path: Path):
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
 
 
 def _json_array_records(path: Path, text: str) -> Iterator[tuple[Any, str]]:
@@ -199,7 +186,7 @@ def iter_records(spec: str, *, skip_bad_rows: bool = False, stats: FormatStats |
                  ) -> Iterator[tuple[Any, Path, str]]:
     """(parsed record, file, "file:line") for every record of every file matching ``spec``, in path order."""
     for path in source_paths(spec):
-        with _open(path) as f:
+        with open_text(path) as f:
             text = f.read()
         if text.lstrip().startswith("["):
             for record, where in _json_array_records(path, text):

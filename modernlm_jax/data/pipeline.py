@@ -45,7 +45,8 @@ import grain
 import ml_collections
 import numpy as np
 
-from modernlm_jax.data import iterator_state, sources, token_cache
+from modernlm_jax.data import sources, token_cache
+from modernlm_jax.data.iterator import StepIndexedIterator, check_batching
 from modernlm_jax.data.tokenizers import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -344,25 +345,26 @@ class PackedBlocks:
         return out
 
 
-class TrainIterator:
-    """Yields this host's share of each global batch; ``get_state``/``set_state`` for checkpoints."""
+class TrainIterator(StepIndexedIterator):
+    """Yields this host's share of each global batch; ``get_state``/``set_state`` for checkpoints.
+
+    Batches are built ahead by a grain pipeline (``data.prefetch`` batches, one thread), rebuilt at the restored
+    step on ``set_state``."""
 
     def __init__(self, blocks: PackedBlocks, settings: DataSettings, *, seed: int, global_batch_size: int,
                  process_index: int, process_count: int, start_step: int, data_id: str):
+        super().__init__(global_batch_size=global_batch_size, process_index=process_index,
+                         process_count=process_count, fingerprint={
+                             "seed": seed,
+                             "global_batch_size": global_batch_size,
+                             "seq_len": settings.seq_len,
+                             "seq_len_schedule": settings.seq_len_schedule,
+                             "isolate_documents": settings.isolate_documents,
+                             "data": data_id,
+                         })
         self._blocks = blocks
         self._schedule = parse_seq_len_schedule(settings.seq_len_schedule, settings.seq_len)
-        self._global_batch_size = global_batch_size
-        self._rows_per_host = global_batch_size // process_count
-        self._first_row = process_index * self._rows_per_host
         self._prefetch = settings.prefetch
-        self._fingerprint = {
-            "seed": seed,
-            "global_batch_size": global_batch_size,
-            "seq_len": settings.seq_len,
-            "seq_len_schedule": settings.seq_len_schedule,
-            "isolate_documents": settings.isolate_documents,
-            "data": data_id,
-        }
         self.num_steps: int | None = None
         if settings.num_epochs:
             self.num_steps = settings.num_epochs * blocks.blocks_per_epoch // global_batch_size
@@ -375,11 +377,6 @@ class TrainIterator:
         self._restart(start_step)
 
     @property
-    def step(self) -> int:
-        """The step whose batch ``__next__`` returns next."""
-        return self._step
-
-    @property
     def steps_per_epoch(self) -> float:
         return self._blocks.blocks_per_epoch / self._global_batch_size
 
@@ -388,8 +385,7 @@ class TrainIterator:
 
     def batch_at(self, step: int) -> dict[str, np.ndarray]:
         """This host's batch for ``step`` (pure: does not move the iterator)."""
-        first = step * self._global_batch_size + self._first_row
-        return self._blocks.rows(np.arange(first, first + self._rows_per_host, dtype=np.int64), self.seq_len_at(step))
+        return self._blocks.rows(self.host_rows(step), self.seq_len_at(step))
 
     def _restart(self, step: int) -> None:
         if self._grain_iter is not None:
@@ -400,36 +396,14 @@ class TrainIterator:
         self._grain_iter = iter(dataset.to_iter_dataset(options))
         self._step = step
 
-    def __iter__(self) -> "TrainIterator":
-        return self
-
     def __next__(self) -> dict[str, np.ndarray]:
         batch = next(self._grain_iter)
         self._step += 1
         return batch
 
-    def get_state(self) -> dict[str, Any]:
-        return iterator_state.make_state(self._step, self._fingerprint)
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        self._restart(iterator_state.restored_step(
-            state, self._fingerprint, "restore with the same seed, global batch size and data config, or start a new run"))
-
     def close(self) -> None:
         if self._grain_iter is not None:
             self._grain_iter.close()
-
-
-def _check_batching(global_batch_size: int, process_index: int, process_count: int) -> None:
-    if global_batch_size < 1 or process_count < 1:
-        raise ValueError("global_batch_size and process_count must be positive")
-    if global_batch_size % process_count:
-        raise ValueError(
-            f"global batch size {global_batch_size} is not divisible by process_count={process_count}; "
-            f"use a multiple of {process_count}"
-        )
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index {process_index} must be in [0, {process_count})")
 
 
 def make_train_iterator(
@@ -443,7 +417,7 @@ def make_train_iterator(
     start_step: int = 0,
 ) -> TrainIterator:
     """The training batch iterator (see the module docstring for the exact order)."""
-    _check_batching(global_batch_size, process_index, process_count)
+    check_batching(global_batch_size, process_index, process_count)
     settings = DataSettings.from_config(data_cfg)
     docs = load_doc_table(settings, tokenizer, "train", mix_seed=seed)
     blocks = PackedBlocks(docs, block_len=settings.seq_len, seed=seed, isolate=settings.isolate_documents)
@@ -477,7 +451,7 @@ def make_eval_batches(
     ``loss_mask.sum()`` over all batches is the token budget. With several processes each gets a
     contiguous block of every batch's rows.
     """
-    _check_batching(batch_size, process_index, process_count)
+    check_batching(batch_size, process_index, process_count)
     settings = DataSettings.from_config(data_cfg)
     seq_len = seq_len or settings.seq_len
     docs = load_doc_table(settings, tokenizer, "validation", mix_seed=_EVAL_MIX_SEED)

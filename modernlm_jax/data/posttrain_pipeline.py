@@ -37,7 +37,9 @@ from typing import Any, Sequence
 import ml_collections
 import numpy as np
 
-from modernlm_jax.data import formats, iterator_state, posttrain_cache
+from modernlm_jax.data import formats, posttrain_cache
+from modernlm_jax.data.files import content_hash
+from modernlm_jax.data.iterator import StepIndexedIterator
 from modernlm_jax.data.sources import seeded_permutation
 from modernlm_jax.data.tokenizers import Tokenizer
 
@@ -94,7 +96,7 @@ def _held_out(examples: Sequence, fraction: float, minimum: int) -> tuple[list, 
         raise ValueError(f"only {n} usable record(s): too few to hold out a validation split; add records or set "
                          "data.val_source")
     n_val = min(max(int(round(fraction * n)), minimum, 1), n // 2)
-    rank = sorted(range(n), key=lambda i: (formats.content_hash(examples[i].content_key()), i))
+    rank = sorted(range(n), key=lambda i: (content_hash(examples[i].content_key()), i))
     is_val = np.zeros(n, dtype=bool)
     is_val[rank[:n_val]] = True
     # Validation keeps the hash order (stable across runs); training keeps file order (shuffled later).
@@ -256,26 +258,23 @@ class EpochRows:
         return len(self.groups(epoch))
 
 
-class PostTrainIterator:
+class PostTrainIterator(StepIndexedIterator):
     """This process's rows of each global SFT/DPO batch; ``get_state``/``set_state`` for checkpoints."""
+
+    RESUME_HINT = ("resume with the same seed, batch size, data files, tokenizer and data config, or start a new run "
+                   "in a new --workdir")
 
     def __init__(self, data: PostTrainData, *, seed: int, global_batch_size: int, process_index: int = 0,
                  process_count: int = 1, pack: bool = True, start_step: int = 0):
-        _check_batching(global_batch_size, process_index, process_count)
-        self.data = data
         pack = pack and data.kind == "sft"
+        super().__init__(global_batch_size=global_batch_size, process_index=process_index,
+                         process_count=process_count,
+                         fingerprint={"seed": seed, "global_batch_size": global_batch_size, "seq_len": data.seq_len,
+                                      "pack": pack, "kind": data.kind, "data": data.data_id})
+        self.data = data
         lengths = [len(e.ids) for e in data.train] if data.kind == "sft" else [0] * len(data.train)
         self._epochs = EpochRows(np.asarray(lengths), data.seq_len, seed, pack)
-        self._global_batch_size = global_batch_size
-        self._rows_per_host = global_batch_size // process_count
-        self._first_row = process_index * self._rows_per_host
-        self._fingerprint = {"seed": seed, "global_batch_size": global_batch_size, "seq_len": data.seq_len,
-                             "pack": pack, "kind": data.kind, "data": data.data_id}
         self._step = start_step
-
-    @property
-    def step(self) -> int:
-        return self._step
 
     @property
     def steps_per_epoch(self) -> float:
@@ -283,39 +282,10 @@ class PostTrainIterator:
 
     def batch_at(self, step: int) -> dict[str, np.ndarray]:
         """This process's batch for ``step`` (pure: does not move the iterator)."""
-        first = step * self._global_batch_size + self._first_row
-        groups = self._epochs.rows(range(first, first + self._rows_per_host))
+        groups = self._epochs.rows(self.host_rows(step).tolist())
         if self.data.kind == "sft":
             return sft_rows(self.data.train, groups, self.data.seq_len, self.data.eos_id)
         return pair_rows(self.data.train, [g[0] for g in groups], self.data.seq_len, self.data.eos_id)
-
-    def __iter__(self) -> "PostTrainIterator":
-        return self
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        batch = self.batch_at(self._step)
-        self._step += 1
-        return batch
-
-    def get_state(self) -> dict[str, Any]:
-        return iterator_state.make_state(self._step, self._fingerprint)
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        self._step = iterator_state.restored_step(
-            state, self._fingerprint, "resume with the same seed, batch size, data files, tokenizer and data config, "
-            "or start a new run in a new --workdir")
-
-    def close(self) -> None:
-        pass
-
-
-def _check_batching(global_batch_size: int, process_index: int, process_count: int) -> None:
-    if global_batch_size < 1 or process_count < 1:
-        raise ValueError("global_batch_size and process_count must be positive")
-    if global_batch_size % process_count:
-        raise ValueError(f"global batch size {global_batch_size} is not divisible by process_count={process_count}")
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index {process_index} must be in [0, {process_count})")
 
 
 def make_posttrain_iterator(data: PostTrainData, *, seed: int, global_batch_size: int, process_index: int = 0,

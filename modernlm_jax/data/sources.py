@@ -33,12 +33,8 @@ config has a separate ``val_source``, the pipeline reads ``source`` with split `
 from __future__ import annotations
 
 import dataclasses
-import glob as globlib
-import gzip
-import hashlib
 import json
 import logging
-import os
 import re
 from pathlib import Path
 from typing import Sequence
@@ -46,6 +42,7 @@ from typing import Sequence
 import numpy as np
 
 from modernlm_jax.data import builtin_corpus
+from modernlm_jax.data.files import content_hash, expand_glob, files_fingerprint, open_text  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -155,10 +152,6 @@ def seeded_permutation(n: int, *key: int) -> np.ndarray:
     return np.argsort(hash_indices(n, *key), kind="stable").astype(np.int64)
 
 
-def _text_hash(text: str) -> int:
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
-
-
 def holdout_split(texts: Sequence[str], split: str, what: str) -> list[str]:
     """Deterministic ~1% validation holdout by content hash, at least one document."""
     if split == "all":
@@ -173,7 +166,7 @@ def holdout_split(texts: Sequence[str], split: str, what: str) -> list[str]:
             f"{what} has {len(texts)} document(s): too few to hold out a validation document; "
             "add documents or set data.val_source to a separate validation source"
         )
-    hashes = [_text_hash(t) for t in texts]
+    hashes = [content_hash(t) for t in texts]
     is_val = [h % 10_000 < HOLDOUT_PER_10K for h in hashes]
     if not any(is_val) or all(is_val):
         is_val = [False] * len(texts)
@@ -185,29 +178,9 @@ def holdout_split(texts: Sequence[str], split: str, what: str) -> list[str]:
 # ----------------------------------------------------------------------------- file sources
 
 
-def expand_glob(pattern: str) -> list[Path]:
-    """Sorted files matching ``pattern``; a clear error when nothing matches."""
-    expanded = os.path.expanduser(pattern)
-    if Path(expanded).is_dir():
-        raise ValueError(f"data path {pattern!r} is a directory; give a file glob such as '{pattern.rstrip('/')}/*.txt'")
-    matches = sorted(Path(p) for p in globlib.glob(expanded, recursive=True) if Path(p).is_file())
-    if not matches:
-        raise FileNotFoundError(
-            f"no files match the data pattern {pattern!r}; check the path (absolute, or relative to "
-            f"{os.getcwd()}) or point data.source at existing files"
-        )
-    return matches
-
-
-def _open_text(path: Path, errors: str):
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", errors=errors)
-    return open(path, encoding="utf-8", errors=errors)
-
-
 def _read_text(path: Path, skip_bad_rows: bool) -> str:
     try:
-        with _open_text(path, "strict") as f:
+        with open_text(path, "strict") as f:
             return f.read()
     except UnicodeDecodeError as err:
         if not skip_bad_rows:
@@ -215,7 +188,7 @@ def _read_text(path: Path, skip_bad_rows: bool) -> str:
                 f"{path} is not valid UTF-8 ({err.reason} at byte {err.start}); convert it to UTF-8 "
                 "or set data.skip_bad_rows=True to replace undecodable bytes"
             ) from err
-        with _open_text(path, "replace") as f:
+        with open_text(path, "replace") as f:
             return f.read()
 
 
@@ -257,7 +230,7 @@ def _read_jsonl_files(spec: SourceSpec, field: str, skip_bad_rows: bool) -> Load
     texts: list[str] = []
     skipped = 0
     for path in expand_glob(spec.target):
-        with _open_text(path, "replace" if skip_bad_rows else "strict") as f:
+        with open_text(path, "replace" if skip_bad_rows else "strict") as f:
             for lineno, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
@@ -413,9 +386,7 @@ def source_fingerprint(spec: str, split: str, *, jsonl_field: str = "text", skip
     if src.kind == "builtin":
         parts["corpus"] = builtin_corpus.corpus_version()
     elif src.kind in ("text", "jsonl"):
-        parts["files"] = [
-            (str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in expand_glob(src.target)
-        ]
+        parts["files"] = files_fingerprint(expand_glob(src.target))
         parts["skip_bad_rows"] = bool(skip_bad_rows)
     if src.kind in ("jsonl", "tfds"):
         parts["field"] = src.option or jsonl_field

@@ -32,6 +32,8 @@ from typing import Any, Callable, Iterable, Protocol, Sequence, runtime_checkabl
 
 import ml_collections
 
+from modernlm_jax import paths
+
 log = logging.getLogger(__name__)
 
 GPT2_VOCAB_SIZE = 50257
@@ -222,7 +224,7 @@ class SentencePieceTokenizer:
     def __init__(self, model_path: str | os.PathLike, num_threads: int = 2):
         import sentencepiece as spm
 
-        path = Path(model_path)
+        path = paths.path(model_path)
         if not path.is_file():
             raise FileNotFoundError(
                 f"SentencePiece model {path} not found; set tokenizer.path to an existing .model "
@@ -310,11 +312,8 @@ def train_sentencepiece(
         raise ValueError(
             f"SentencePiece training failed ({err}); lower tokenizer.vocab_size or train on more text"
         ) from err
-    path = Path(model_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(model.getvalue())
-    os.replace(tmp, path)
+    path = paths.path(model_path)
+    paths.write_bytes_atomic(path, model.getvalue())
     return path
 
 
@@ -326,7 +325,7 @@ def _sentencepiece_in_workdir(
             "tokenizer.kind='sentencepiece' with an empty tokenizer.path trains into "
             "<workdir>/tokenizer/, but no workdir was given; pass --workdir or set tokenizer.path"
         )
-    folder = Path(workdir) / "tokenizer"
+    folder = paths.path(workdir) / "tokenizer"
     model_path = folder / SP_MODEL_FILE
     settings = {
         "vocab_size": int(tok_cfg.vocab_size),
@@ -348,7 +347,7 @@ def _sentencepiece_in_workdir(
             "or set tokenizer.path to an existing .model file"
         )
     train_sentencepiece(train_texts(), model_path, **settings)
-    settings_path.write_text(json.dumps(settings, sort_keys=True))
+    paths.write_text_atomic(settings_path, json.dumps(settings, sort_keys=True))
     return SentencePieceTokenizer(model_path)
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -37,13 +36,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from modernlm_jax.model import LanguageModel, ModelConfig
+from modernlm_jax.train import checkpoint as ckpt_lib
+from modernlm_jax.train.checkpoint import CheckpointError as EvalCheckpointError  # the one error class
 
 ForwardFn = Callable[[Any, Any, Any], jax.Array]
 GenerateFn = Callable[[list[list[int]], int, list[int]], list[list[int]]]
-
-
-class EvalCheckpointError(ValueError):
-    """The evaluation checkpoint cannot be found or read."""
 
 
 class EvalTokenizerMismatchError(ValueError):
@@ -136,39 +133,6 @@ def _jitted_apply(cfg: ModelConfig):
     return apply
 
 
-def _run_dir_and_checkpoints(p: Path) -> tuple[Path, Path, int | None]:
-    """(run directory, checkpoints directory, explicit step or None) for a run or step directory."""
-    if (p / "checkpoints").is_dir():
-        return p, p / "checkpoints", None
-    if p.name.isdigit() and p.parent.name == "checkpoints":
-        return p.parent.parent, p.parent, int(p.name)
-    if p.name == "checkpoints":
-        return p.parent, p, None
-    raise EvalCheckpointError(
-        f"{p} is not a run directory (no checkpoints/ inside) and holds no params.msgpack; pass a run "
-        "directory written by configs/pretrain.py (or sft/dpo), one of its checkpoints/<step> folders, or an "
-        "imported params directory (params.msgpack + model_config.json)")
-
-
-def _read_checkpoint(ckpt_dir: Path, step: int | None) -> tuple[dict, dict, int]:
-    import orbax.checkpoint as ocp
-
-    mngr = ocp.CheckpointManager(ckpt_dir.absolute(), item_names=("state", "data", "meta"),
-                                 options=ocp.CheckpointManagerOptions(read_only=True))
-    step = mngr.latest_step() if step is None else step
-    if step is None:
-        raise EvalCheckpointError(f"{ckpt_dir} holds no finished checkpoint; train the run first (or wait for its "
-                                  "first checkpoint_every steps)")
-    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                                          meta=ocp.args.JsonRestore()))
-    mngr.close()
-    from modernlm_jax.train.checkpoint import verify_fingerprints
-
-    params = restored["state"]["params"]
-    verify_fingerprints({"params": params}, restored["meta"], f"{ckpt_dir} step {step}")
-    return params, dict(restored["meta"] or {}), int(step)
-
-
 def _tokenizer_from_cfg(tok_cfg: Mapping[str, Any], run_dir: Path | None):
     import ml_collections
 
@@ -199,40 +163,26 @@ def load_eval_model(path: str | Path, *, tokenizer_cfg: Mapping[str, Any] | None
     """Loads parameters, ModelConfig and tokenizer from a run or params directory; see module docstring."""
     from modernlm_jax.data.tokenizers import GPT2_VOCAB_SIZE, GPT2Tokenizer, check_vocab_fits
 
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise EvalCheckpointError(f"checkpoint {str(path)!r} does not exist; pass --config.checkpoint=<run directory>")
+    loc = ckpt_lib.locate_run(path, key="checkpoint")
     override = dict(tokenizer_cfg or {})
     if not override.get("kind"):
         override = {}
-    step, run_dir = None, None
-    if (p / "params.msgpack").is_file():
-        import flax.serialization
-
-        cfg_file = p / "model_config.json"
-        if not cfg_file.is_file():
-            raise EvalCheckpointError(f"{p} has params.msgpack but no model_config.json next to it; write it with "
-                                      "modernlm_jax.interop.hf_gpt2.save_params")
-        params = flax.serialization.msgpack_restore((p / "params.msgpack").read_bytes())
-        meta: dict = {"model": json.loads(cfg_file.read_text())}
-        cfg = ModelConfig.from_dict(meta["model"])
+    params, meta, step = ckpt_lib.load_run_params(loc, key="checkpoint")
+    cfg = ModelConfig.from_dict(meta["model"])
+    if loc.exported:
         if override:
             tokenizer = _tokenizer_from_cfg(override, None)
         elif cfg.vocab_size == GPT2_VOCAB_SIZE:
             tokenizer = GPT2Tokenizer()
         else:
             raise EvalCheckpointError(
-                f"{p} stores no tokenizer and its vocabulary ({cfg.vocab_size}) is not GPT-2's ({GPT2_VOCAB_SIZE}); "
-                "name it with --config.tokenizer.kind=bytes|sentencepiece (and --config.tokenizer.path=...)")
+                f"{loc.params_dir} stores no tokenizer and its vocabulary ({cfg.vocab_size}) is not GPT-2's "
+                f"({GPT2_VOCAB_SIZE}); name it with --config.tokenizer.kind=bytes|sentencepiece (and "
+                "--config.tokenizer.path=...)")
     else:
-        run_dir, ckpt_dir, explicit_step = _run_dir_and_checkpoints(p)
-        params, meta, step = _read_checkpoint(ckpt_dir, explicit_step)
-        if "model" not in meta:
-            raise EvalCheckpointError(f"checkpoint {ckpt_dir}/{step} has no model config in its metadata")
-        cfg = ModelConfig.from_dict(meta["model"])
         stored_tok = (meta.get("config") or {}).get("tokenizer") or {"kind": meta.get("tokenizer_kind", "")}
-        tokenizer = _tokenizer_from_cfg(override or stored_tok, run_dir)
-        _check_identity(tokenizer, meta.get("tokenizer_identity"), f"checkpoint {ckpt_dir}/{step}")
+        tokenizer = _tokenizer_from_cfg(override or stored_tok, loc.run_dir)
+        _check_identity(tokenizer, meta.get("tokenizer_identity"), f"checkpoint {loc.ckpt_dir}/{step}")
     if attention_impl:
         cfg = cfg.replace(attention_impl=attention_impl)
     check_vocab_fits(tokenizer, cfg.vocab_size)

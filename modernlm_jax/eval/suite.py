@@ -80,7 +80,7 @@ class SuiteSpec:
     probes_per_tier: int
 
 
-FEWSHOT = {"lambada": 0, "hellaswag": 0, "sst2": 4, "gsm8k": 5}
+FEWSHOT = {name: t.num_fewshot for name, t in tasks.TASKS.items()}
 
 SUITES: dict[str, SuiteSpec] = {
     "quick": SuiteSpec(
@@ -163,25 +163,23 @@ def run_suite(name: str, *, forward_fn: ForwardFn, generate_fn: GenerateFn | Non
     timings["perplexity"] = time.perf_counter() - t0
 
     result["tasks"] = {}
-    for task in ("lambada", "hellaswag", "sst2", "gsm8k"):
+    for task, entry in tasks.TASKS.items():
         t0 = time.perf_counter()
         path = tasks.task_path(task, root) if root is not None else None
         if path is None:
             result["tasks"][task] = {"skipped": f"no data for {task} under {root}"}
             continue
         say(f"[{name}] {task}")
-        common = dict(num_fewshot=spec.num_fewshot[task], seed=seed, context=context,
+        common = dict(num_fewshot=spec.num_fewshot.get(task, entry.num_fewshot), seed=seed, context=context,
                       batch_size=batch_size, progress=say)
-        if task == "gsm8k":
+        if entry.needs == "generate":
             if generate_fn is None:
                 result["tasks"][task] = {"skipped": "no generate_fn given"}
                 continue
-            result["tasks"][task] = tasks.run_gsm8k(generate_fn, tokenizer, path, limit=spec.gsm8k_limit,
-                                                    max_new_tokens=min(spec.gsm8k_max_new_tokens, context // 2),
-                                                    **common)
+            result["tasks"][task] = entry.run(generate_fn, tokenizer, path, limit=spec.gsm8k_limit,
+                                              max_new_tokens=min(spec.gsm8k_max_new_tokens, context // 2), **common)
         else:
-            result["tasks"][task] = tasks.LOGLIKELIHOOD_TASKS[task](forward_fn, tokenizer, path,
-                                                                   limit=spec.task_limit, **common)
+            result["tasks"][task] = entry.run(forward_fn, tokenizer, path, limit=spec.task_limit, **common)
         timings[task] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -198,10 +196,6 @@ def _fmt(x: Any) -> str:
     if isinstance(x, float):
         return f"{x:.4g}" if abs(x) >= 1e-3 or x == 0 else f"{x:.2e}"
     return "-" if x is None else str(x)
-
-
-TASK_METRICS = {"lambada": ("acc", "perplexity"), "hellaswag": ("acc", "acc_norm"), "sst2": ("acc",),
-                "gsm8k": ("exact_match_strict", "exact_match_flexible")}
 
 
 def to_markdown(result: Mapping[str, Any]) -> str:
@@ -223,7 +217,7 @@ def to_markdown(result: Mapping[str, Any]) -> str:
         if "skipped" in r:
             skipped.append((task, r["skipped"]))
             continue
-        for metric in TASK_METRICS.get(task, ("acc",)):
+        for metric in tasks.TASKS[task].metrics if task in tasks.TASKS else ("acc",):
             lines.append(f"| {task} | {metric} | {_fmt(r[metric])} | {r['n']} | {r['num_fewshot']} | "
                          f"{r['truncated']} | {_fmt(r.get('chance'))} |")
     st = result.get("statefulness")
@@ -241,9 +235,6 @@ def to_markdown(result: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-HEADLINE_TASK_METRIC = {"lambada": "acc", "hellaswag": "acc_norm", "sst2": "acc", "gsm8k": "exact_match_strict"}
-
-
 def comparison_entry(result: Mapping[str, Any]) -> dict[str, Any]:
     """The ``tasks`` / ``statefulness`` / ``perplexity`` parts of a comparison-results run entry.
 
@@ -252,8 +243,8 @@ def comparison_entry(result: Mapping[str, Any]) -> dict[str, Any]:
     probe accuracy). Skipped tasks and corpora are left out.
     """
     entry: dict[str, Any] = {
-        "tasks": {t: float(r[HEADLINE_TASK_METRIC[t]]) for t, r in result.get("tasks", {}).items()
-                  if "skipped" not in r and t in HEADLINE_TASK_METRIC},
+        "tasks": {t: float(r[tasks.TASKS[t].headline]) for t, r in result.get("tasks", {}).items()
+                  if "skipped" not in r and t in tasks.TASKS},
         "perplexity": {c: {"ppl": r["perplexity"], "bpb": r["bits_per_byte"]}
                        for c, r in result.get("perplexity", {}).items() if "skipped" not in r},
     }

@@ -39,9 +39,9 @@ from modernlm_jax.model.tpu_attention import kernel_mesh_context
 from modernlm_jax.train import mesh as mesh_lib
 from modernlm_jax.train import trace_summary
 from modernlm_jax.train.flops import device_peak_flops, flops_per_token
-from modernlm_jax.train.objectives import make_objective
 from modernlm_jax.train.optim import learning_rate_schedule, make_optimizer
 from modernlm_jax.train.prefetch import DevicePrefetcher
+from modernlm_jax.train.registry import make_objective
 from modernlm_jax.train.step import create_state, jit_train_step, make_train_step, state_shardings
 from modernlm_jax.train.synthetic import SyntheticBatches
 

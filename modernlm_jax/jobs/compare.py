@@ -25,6 +25,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from modernlm_jax import paths
 from modernlm_jax.compare import decision, member_eval
 from modernlm_jax.compare import inference as inference_lib
 from modernlm_jax.compare import plan as plan_lib
@@ -248,7 +249,7 @@ def _smoke(ctx: _Context, members: list[Member], results: dict) -> dict | None:
 
 def run(config, workdir: str | Path) -> dict:
   """Runs (or resumes) the comparison in `workdir`; returns the results dict (also in results.json)."""
-  workdir = Path(workdir).absolute()
+  workdir = paths.path(workdir)  # local (absolute) or gs://
   members = plan_lib.plan(config)  # bad names fail here, before anything is trained
   workdir.mkdir(parents=True, exist_ok=True)
   t0 = time.perf_counter()
@@ -275,9 +276,21 @@ def run(config, workdir: str | Path) -> dict:
       results["smoke"] = smoke
   if is_main:
     results_lib.save(results, results_path)
-    report = report_lib.write_report(results, workdir)
+    report = _write_report(results, workdir)
     _log_summary(results, report, time.perf_counter() - t0)
   return results
+
+
+def _write_report(results: dict, workdir) -> Path:
+  """The report and its figures, written locally (matplotlib writes local files) and then mirrored into a
+  gs:// workdir; a local workdir is written in place."""
+  mirror = paths.LocalMirror(workdir)
+  if mirror.remote:
+    for name in report_lib.FIGURES.values():
+      (workdir / name).unlink(missing_ok=True)  # a stale figure must not outlive a report that says it is missing
+  local_report = report_lib.write_report(results, mirror.local)
+  mirror.close()
+  return workdir / local_report.name
 
 
 def _log_summary(results: dict, report: Path, seconds: float) -> None:

@@ -17,8 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
+from modernlm_jax import paths
 from modernlm_jax.compare import stage_table as stage_table_lib
 from modernlm_jax.eval import suite as suite_lib
 from modernlm_jax.eval.checkpoint_model import EvalModel, load_eval_model
@@ -111,7 +113,7 @@ def run(config, workdir: str | Path) -> dict[str, Any]:
   if str(config.suite) not in suite_lib.SUITES:
     raise ValueError(f"config.suite={config.suite!r} is not valid; choose one of {sorted(suite_lib.SUITES)}")
   data_root = resolve_data_root(str(config.data_root))
-  workdir = Path(workdir)
+  workdir = paths.path(workdir)  # local or gs://
   workdir.mkdir(parents=True, exist_ok=True)
 
   results: dict[str, dict] = {}
@@ -129,7 +131,8 @@ def run(config, workdir: str | Path) -> dict[str, Any]:
     sections.append("# Stages\n\n" + stage_table_lib.stage_table(per_stage))
     out["stages"] = {"paths": stages, "deltas": stage_table_lib.stage_deltas(per_stage)}
   markdown = "\n".join(sections)
-  (workdir / "eval.json").write_text(json.dumps(_jsonable(out), indent=2, sort_keys=False, allow_nan=True))
-  (workdir / "eval.md").write_text(markdown)
+  if jax.process_index() == 0:  # every process evaluated the same; one writes
+    (workdir / "eval.json").write_text(json.dumps(_jsonable(out), indent=2, sort_keys=False, allow_nan=True))
+    (workdir / "eval.md").write_text(markdown)
   print(markdown, flush=True)
   return out

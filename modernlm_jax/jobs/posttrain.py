@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 
 import jax
 
+from modernlm_jax import paths
 from modernlm_jax.data import posttrain_pipeline as ptp
 from modernlm_jax.data.formats import alpaca_prompt
 from modernlm_jax.data.tokenizers import SP_MODEL_FILE, SP_SETTINGS_FILE, build_tokenizer, check_vocab_fits
 from modernlm_jax.model import ModelConfig
 from modernlm_jax.train.init_from import InitFromError, make_init_params_fn, read_meta
 from modernlm_jax.train.loop import StageData, train
+from modernlm_jax.train.registry import make_objective
 
-STAGES = {"sft": "sft", "dpo": "dpo"}  # task -> objective
+DATA_KIND = {"tokens": "sft", "pairs": "dpo"}  # objective.batch_kind -> post-training data pipeline
 
 
 def _run_dirs(init_from: Path) -> list[Path]:
@@ -32,15 +33,15 @@ def _run_dirs(init_from: Path) -> list[Path]:
 def init_from_tokenizer(config, workdir: str | Path, meta: dict, source: str | Path | None = None):
   """The tokenizer of the run at `source` (default: init_from), copied into `workdir`; a clear error when it
   cannot be the same as the one `meta` (that run's checkpoint metadata) records."""
-  init_from = Path(source if source is not None else config.init_from).expanduser()
+  init_from = paths.path(source if source is not None else config.init_from)
   stored_cfg = (meta.get("config") or {}).get("tokenizer") or {}
   kind = str(meta.get("tokenizer_kind") or stored_cfg.get("kind") or config.tokenizer.kind)
   if kind != config.tokenizer.kind:
     logging.info("tokenizer.kind %r -> %r (the init_from run's)", config.tokenizer.kind, kind)
     config.tokenizer.kind = kind
   if kind == "sentencepiece" and not str(config.tokenizer.path):
-    stored_path = Path(str(stored_cfg.get("path") or ""))
-    candidates = ([stored_path] if str(stored_path) not in ("", ".") else []) + [
+    stored_path = str(stored_cfg.get("path") or "")
+    candidates = ([paths.path(stored_path)] if stored_path not in ("", ".") else []) + [
         d / "tokenizer" / SP_MODEL_FILE for d in _run_dirs(init_from)]
     found = next((c for c in candidates if c.is_file()), None)
     if found is None:
@@ -49,7 +50,7 @@ def init_from_tokenizer(config, workdir: str | Path, meta: dict, source: str | P
           f"{[str(c) for c in candidates]}); set --config.tokenizer.path to the pretraining run's "
           f"tokenizer/{SP_MODEL_FILE}")
     # One process writes the copy (workdirs may be on a shared filesystem); the others read the original.
-    config.tokenizer.path = str(_copy_tokenizer(found, Path(workdir)) if jax.process_index() == 0 else found)
+    config.tokenizer.path = str(_copy_tokenizer(found, paths.path(workdir)) if jax.process_index() == 0 else found)
   elif kind == "gpt2" and not str(config.tokenizer.path) and stored_cfg.get("path"):
     config.tokenizer.path = str(stored_cfg["path"])  # the same vocabulary folder as the init_from run
   tok = build_tokenizer(config.tokenizer, str(workdir))
@@ -68,15 +69,15 @@ def init_from_tokenizer(config, workdir: str | Path, meta: dict, source: str | P
 def _copy_tokenizer(model_file: Path, workdir: Path) -> Path:
   dest_dir = workdir / "tokenizer"
   dest = dest_dir / SP_MODEL_FILE
-  if dest.resolve() == model_file.resolve():
+  if str(dest) == str(model_file):
     return dest
   dest_dir.mkdir(parents=True, exist_ok=True)
   if dest.is_file() and dest.read_bytes() != model_file.read_bytes():
     raise InitFromError(f"{dest} already holds a different tokenizer than {model_file}; use a new --workdir")
-  shutil.copyfile(model_file, dest)
+  paths.write_bytes_atomic(dest, model_file.read_bytes())
   settings = model_file.parent / SP_SETTINGS_FILE
   if settings.is_file():
-    shutil.copyfile(settings, dest_dir / SP_SETTINGS_FILE)
+    paths.write_bytes_atomic(dest_dir / SP_SETTINGS_FILE, settings.read_bytes())
   return dest
 
 
@@ -85,8 +86,13 @@ def _has_checkpoint(workdir: Path) -> bool:
   return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
 
 
+def data_kind(config) -> str:
+  """The post-training pipeline the stage's objective reads: token rows (SFT-style) or preference pairs."""
+  return DATA_KIND[make_objective(config).batch_kind]
+
+
 def posttrain_stage(config, workdir: str | Path, tokenizer) -> tuple[StageData, ptp.PostTrainData]:
-  kind = config.task
+  kind = data_kind(config)
   if int(config.data.seq_len) > int(config.model.max_len):
     raise ValueError(f"data.seq_len={config.data.seq_len} exceeds the model's max_len={config.model.max_len}; "
                      "lower --config.data.seq_len")
@@ -117,22 +123,19 @@ def print_instruction_sample(config, params, tokenizer) -> str:
 
 
 def run(config, workdir: str | Path) -> dict:
-  """`config.task` "sft" or "dpo": tokenizer and weights from `config.init_from`, then the shared loop."""
-  kind = config.task
-  if kind not in STAGES:
-    raise ValueError(f"posttrain runs config.task 'sft' or 'dpo', got {kind!r}")
-  if config.objective != STAGES[kind]:
-    raise ValueError(f"config.task={kind!r} needs config.objective={STAGES[kind]!r}, got {config.objective!r}")
+  """A post-training stage (`config.task` "sft" or "dpo"; the objective decides the data): tokenizer and weights
+  from `config.init_from`, then the shared loop."""
+  kind = data_kind(config)
   if not str(config.init_from):
     raise InitFromError(f"{kind} starts from an earlier run: set --config.init_from=<run directory or checkpoint "
                         f"step directory> (e.g. the --workdir of {'pretraining' if kind == 'sft' else 'SFT'})")
-  workdir = Path(workdir)
+  workdir = paths.path(workdir)
   if _has_checkpoint(workdir):
     # Resuming: the loop restores this stage's own state, and its tokenizer copy is in workdir.
     init_fn, source = None, workdir
   else:
     init_fn = make_init_params_fn(str(config.init_from), config.model.to_dict())  # checks path and model first
-    source = Path(str(config.init_from))
+    source = paths.path(str(config.init_from))
   meta = read_meta(str(source))
   tokenizer = init_from_tokenizer(config, workdir, meta, source)
   stage, data = posttrain_stage(config, workdir, tokenizer)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import jax
 
+from modernlm_jax import paths
 from modernlm_jax.jobs.common import run_tokenizer
 from modernlm_jax.model import ModelConfig
 from modernlm_jax.train.init_from import make_init_params_fn
@@ -51,6 +52,6 @@ def run(config, workdir: str | Path, stage: StageData | None = None) -> dict:
   if jax.process_index() == 0:
     final["sample"] = print_sample(config, params, stage.tokenizer)
     summary = {k: v for k, v in final.items() if isinstance(v, (int, float, str))}
-    (Path(workdir) / "final_metrics.json").write_text(json.dumps(summary, indent=2))
+    (paths.path(workdir) / "final_metrics.json").write_text(json.dumps(summary, indent=2))
     logging.info("final metrics: %s", summary)
   return final

@@ -70,7 +70,9 @@ class LayerNorm(nn.Module):
 def make_norm(cfg: ModelConfig, name: str) -> nn.Module:
   if cfg.norm == "rmsnorm":
     return RMSNorm(eps=cfg.norm_eps, dtype=compute_dtype(cfg), name=name)
-  return LayerNorm(eps=cfg.norm_eps, use_bias=True, dtype=compute_dtype(cfg), name=name)
+  if cfg.norm == "layernorm":
+    return LayerNorm(eps=cfg.norm_eps, use_bias=True, dtype=compute_dtype(cfg), name=name)
+  raise ValueError(f"model.norm={cfg.norm!r} is not a norm; choose 'layernorm' or 'rmsnorm'")
 
 
 class Dense(nn.Module):

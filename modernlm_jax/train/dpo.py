@@ -21,8 +21,6 @@ import jax.numpy as jnp
 from modernlm_jax.model import LanguageModel, ModelConfig, output_embedding
 from modernlm_jax.train.fused_ce import cross_entropy_terms
 
-SIDES = ("chosen", "rejected")
-
 
 def response_logps(params, model_cfg: ModelConfig, batch: dict, loss_chunk: int = 0):
   """Σ over masked positions of log p(target | prefix), per row: float32 [B]."""
@@ -64,13 +62,15 @@ def real_pairs(batch: dict) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True)
 class DPOObjective:
-  """DPO over `chosen_*`/`rejected_*` batches; `extra["ref_params"]` is the frozen reference policy."""
+  """DPO over `chosen_*`/`rejected_*` batches; `ref_params` is the frozen reference policy."""
 
   model_cfg: ModelConfig
   beta: float = 0.1
   loss_chunk: int = 0
   name: str = "dpo"
-  loss_is_token_nll: bool = False  # the loop reports no val_ppl for it
+  batch_kind = "pairs"
+  needs_reference = True
+  reports_perplexity = False  # a per-pair preference loss: the loop reports no val_ppl for it
 
   def weight(self, batch) -> jax.Array:
     return jnp.sum(real_pairs(batch))
@@ -83,12 +83,11 @@ class DPOObjective:
     n = c["inputs"].shape[0]
     return logps[:n], logps[n:]
 
-  def loss_sums(self, params, batch, rng, extra=None) -> tuple[jax.Array, dict[str, Any]]:
+  def loss_sums(self, params, batch, rng, ref_params=None) -> tuple[jax.Array, dict[str, Any]]:
     del rng
-    ref_params = (extra or {}).get("ref_params")
     if ref_params is None:
-      raise ValueError("DPO needs the frozen reference policy in extra['ref_params'] (the loop sets it when "
-                       "config.objective == 'dpo')")
+      raise ValueError(f"{self.name} needs the frozen reference policy as ref_params (the loop keeps one for "
+                       "every objective with needs_reference=True)")
     policy_c, policy_r = self._both_logps(params, batch)
     ref_c, ref_r = jax.lax.stop_gradient(self._both_logps(ref_params, batch))
     terms = dpo_terms(policy_c, policy_r, ref_c, ref_r, self.beta)

@@ -1,77 +1,28 @@
 """Starting a stage from an earlier run's parameters (`config.init_from`).
 
-Accepts a run directory (its newest checkpoint), a `checkpoints/<step>` directory, or a directory
-holding `params.msgpack` + `model_config.json` (e.g. imported Hugging Face GPT-2 weights).
+Accepts whatever `train.checkpoint.locate_run` does: a run directory (its newest checkpoint), a
+`checkpoints/<step>` directory, or a directory holding `params.msgpack` + `model_config.json` (e.g. imported
+Hugging Face GPT-2 weights).
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-import flax.serialization
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
-
-class InitFromError(ValueError):
-  pass
-
-
-def checkpoint_location(path: str) -> tuple[Path, int | None] | None:
-  """(checkpoint directory, step or None = newest) for a run directory, its checkpoints/ or one
-  checkpoints/<step>; None for an exported params folder (params.msgpack + model_config.json)."""
-  p = Path(path).expanduser()
-  if not p.exists():
-    raise InitFromError(f"init_from={path!r} does not exist; point it at a run directory (with checkpoints/) "
-                        "or an exported params directory")
-  if (p / "params.msgpack").exists():
-    return None
-  if (p / "checkpoints").is_dir():
-    return p / "checkpoints", None
-  if p.name.isdigit() and p.parent.is_dir():
-    return p.parent, int(p.name)
-  if any(c.name.isdigit() for c in p.iterdir()):
-    return p, None
-  raise InitFromError(f"init_from={path!r} holds neither checkpoints/ nor params.msgpack; nothing to start from")
-
-
-def _open_step(ckpt_dir: Path, step: int | None):
-  mngr = ocp.CheckpointManager(ckpt_dir.absolute(), item_names=("state", "data", "meta"),
-                               options=ocp.CheckpointManagerOptions(read_only=True))
-  step = mngr.latest_step() if step is None else step
-  if step is None:
-    raise InitFromError(f"init_from={ckpt_dir} holds no finished checkpoint; train that stage first")
-  return mngr, step
+from modernlm_jax.train import checkpoint as ckpt_lib
+from modernlm_jax.train.checkpoint import CheckpointError as InitFromError  # noqa: F401  (the one error class)
 
 
 def read_meta(path: str) -> dict:
-  """The checkpoint metadata (model, tokenizer identity, config) at `path`; {} for exported params."""
-  location = checkpoint_location(path)
-  if location is None:
-    return {}
-  mngr, step = _open_step(*location)
-  return dict(mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"] or {})
+  """The checkpoint metadata (model, tokenizer identity, config) at `path`; the model config for exported params."""
+  return ckpt_lib.read_run_meta(ckpt_lib.locate_run(path))
 
 
 def load_params(path: str) -> tuple[dict, dict]:
   """(params as host arrays, metadata with at least `model`) from any supported location."""
-  location = checkpoint_location(path)
-  if location is None:
-    p = Path(path).expanduser()
-    cfg_file = p / "model_config.json"
-    if not cfg_file.exists():
-      raise InitFromError(f"{p} has params.msgpack but no model_config.json next to it")
-    params = flax.serialization.msgpack_restore((p / "params.msgpack").read_bytes())
-    return params, {"model": json.loads(cfg_file.read_text())}
-  mngr, step = _open_step(*location)
-  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
-  from modernlm_jax.train.checkpoint import verify_fingerprints
-
-  params = restored["state"]["params"]
-  verify_fingerprints({"params": params}, restored["meta"], f"init_from={location[0]} step {step}")
-  return params, restored["meta"]
+  params, meta, _ = ckpt_lib.load_run_params(ckpt_lib.locate_run(path))
+  return params, meta
 
 
 def check_same_model(stored_model: dict, model_dict: dict, path: str) -> None:

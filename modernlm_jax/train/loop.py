@@ -1,6 +1,7 @@
 """The one training loop pretraining, SFT and DPO share: restore, step, log, evaluate, checkpoint.
 
-Stages differ only by `config.objective` and the batches `data_factory` produces. The host never
+Stages differ only by their objective (`config.objective`, looked up in `train/registry.py`: its batch kind,
+whether it needs a frozen reference, whether its loss is a perplexity) and the batches the stage feeds. The host never
 waits on the device inside the loop: step s's metrics are read after step s+1 was dispatched, and
 batches are prepared and placed on device by a background thread.
 """
@@ -18,17 +19,18 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from modernlm_jax.model import ModelConfig
+from modernlm_jax import paths
+from modernlm_jax.model import ModelConfig, init_params
 from modernlm_jax.model.tpu_attention import kernel_mesh_context
 from modernlm_jax.train import checkpoint as ckpt_lib
 from modernlm_jax.train import mesh as mesh_lib
-from modernlm_jax.train import trace_summary
+from modernlm_jax.train import preemption, trace_summary, workdir_lock
 from modernlm_jax.train.flops import device_peak_flops, flops_per_token
 from modernlm_jax.train.mesh import process_rows
-from modernlm_jax.train.metrics import MetricWriter, ProgressLine
-from modernlm_jax.train.objectives import make_objective
+from modernlm_jax.train.metrics import MetricWriter, ProgressLine, truncate_metrics
 from modernlm_jax.train.optim import learning_rate_schedule, make_optimizer
 from modernlm_jax.train.prefetch import DevicePrefetcher, to_global
+from modernlm_jax.train.registry import make_objective
 from modernlm_jax.train.step import (
   create_state,
   jit_train_step,
@@ -56,7 +58,7 @@ def _host_metrics(pending: list) -> list[dict[str, float]]:
   return [{k: float(v) for k, v in m.items()} for m in jax.device_get([p[1] for p in pending])]
 
 
-def evaluate(eval_step, params, batches, ref_params=None, *, loss_is_token_nll: bool = True) -> dict[str, float]:
+def evaluate(eval_step, params, batches, ref_params=None, *, reports_perplexity: bool = True) -> dict[str, float]:
   """Weighted means of the objective's sums over `batches`, as `val_<name>`; `val_ppl` only when the loss
   is a per-token negative log-likelihood (not for DPO, whose loss is a per-pair preference loss)."""
   totals: dict[str, float] = {}
@@ -68,13 +70,12 @@ def evaluate(eval_step, params, batches, ref_params=None, *, loss_is_token_nll: 
       totals[k] = totals.get(k, 0.0) + float(v)
     weight += float(w)
   out = {f"val_{k}": v / max(weight, 1.0) for k, v in totals.items()}
-  if "val_loss" in out and loss_is_token_nll:
+  if "val_loss" in out and reports_perplexity:
     out["val_ppl"] = math.exp(min(out["val_loss"], 50.0))
   return out
 
 
-def _init_or_restore(config, model_cfg, optimizer, mesh, ckpt, stage: StageData, init_params_fn):
-  with_ref = config.objective == "dpo"
+def _init_or_restore(config, model_cfg, optimizer, mesh, ckpt, stage: StageData, init_params_fn, with_ref: bool):
   abstract = jax.eval_shape(lambda: create_state(model_cfg, optimizer, config.seed, with_reference=with_ref))
   shardings = state_shardings(abstract, model_cfg, mesh)
   if ckpt.latest_step() is not None:
@@ -95,6 +96,7 @@ def _init_or_restore(config, model_cfg, optimizer, mesh, ckpt, stage: StageData,
   return state, shardings, 0
 
 
+@workdir_lock.holding_workdir  # one run per workdir, for the whole run
 def train(config, workdir: str | Path, stage: StageData, *, init_params_fn: Callable | None = None,
           on_step: Callable | None = None, stop_at: int | None = None) -> dict[str, Any]:
   """Runs (or resumes) a stage to `config.train.steps`; returns the final metrics.
@@ -102,7 +104,7 @@ def train(config, workdir: str | Path, stage: StageData, *, init_params_fn: Call
   `stop_at` ends this invocation early at that step with a checkpoint (a time-sliced or preemptible
   job); the schedule still follows `config.train.steps`, so the next invocation continues exactly.
   """
-  workdir = Path(workdir)
+  workdir = paths.path(workdir)  # local or gs://
   workdir.mkdir(parents=True, exist_ok=True)
   t_cfg = config.train
   model_cfg = ModelConfig.from_dict(config.model)
@@ -117,11 +119,15 @@ def train(config, workdir: str | Path, stage: StageData, *, init_params_fn: Call
   identity = ckpt_lib.run_identity(config)
   if ckpt.latest_step() is not None:
     ckpt_lib.check_identity(ckpt.read_meta() or {}, identity, stage.tokenizer.identity, str(workdir))
+  schedule_changes = ckpt_lib.check_schedule(
+      ckpt.read_meta() or {}, identity["optimizer"], allow=bool(t_cfg.get("allow_schedule_change", False)),
+      workdir=str(workdir)) if ckpt.latest_step() is not None else {}
   objective = make_objective(config)
-  optimizer = make_optimizer(t_cfg, jax.eval_shape(lambda: create_state(
-      model_cfg, _NoOpt(), config.seed).params))
+  optimizer = make_optimizer(t_cfg, jax.eval_shape(lambda: init_params(model_cfg, int(config.seed))))
   schedule = learning_rate_schedule(t_cfg)
-  state, shardings, start = _init_or_restore(config, model_cfg, optimizer, mesh, ckpt, stage, init_params_fn)
+  state, shardings, start = _init_or_restore(config, model_cfg, optimizer, mesh, ckpt, stage, init_params_fn,
+                                             with_ref=bool(objective.needs_reference))
+  ckpt_lib.check_free_space(ckpt.directory, state, int(t_cfg.keep_checkpoints))
 
   step_fn = jit_train_step(make_train_step(objective, optimizer, schedule, accum_steps=accum,
                                        guard_nonfinite=bool(t_cfg.skip_nonfinite)), shardings, mesh, accum)
@@ -129,7 +135,16 @@ def train(config, workdir: str | Path, stage: StageData, *, init_params_fn: Call
   eval_batches = [to_global(process_rows(b), mesh, 1) for b in stage.eval_batches]
   meta = {**identity, "tokenizer_identity": stage.tokenizer.identity, "config": json.loads(config.to_json_best_effort())}
   is_main = jax.process_index() == 0
+  if start and is_main:
+    truncate_metrics(workdir, start)  # rows of steps past the restored checkpoint are about to be run again
   writer = MetricWriter(workdir, tensorboard=bool(t_cfg.tensorboard) and is_main, enabled=is_main)
+  if schedule_changes:
+    logging.warning("train.allow_schedule_change=True: resuming step %d with changed settings %s", start,
+                    schedule_changes)
+    writer.write({"step": start, "schedule_changed": json.dumps(schedule_changes)})
+  guard = preemption.PreemptionGuard(checkpoint_minutes=float(t_cfg.get("checkpoint_minutes", 0.0) or 0.0),
+                                     process_count=jax.process_count())
+  preempted_at = None
   seq_len = int(config.data.seq_len)
   tokens_per_step = B * seq_len
   fpt = flops_per_token(model_cfg, seq_len)
@@ -182,6 +197,7 @@ def train(config, workdir: str | Path, stage: StageData, *, init_params_fn: Call
   mesh_ctx.__enter__()
   tracing = False
   try:
+    guard.install()
     end = min(total_steps, stop_at) if stop_at else total_steps
     for step in range(start, end):
       batch, data_state = next(prefetch)
@@ -197,21 +213,28 @@ def train(config, workdir: str | Path, stage: StageData, *, init_params_fn: Call
       if pending and (pending[-1][0] == start or (pending[-1][0] + 1) % int(t_cfg.log_every) == 0):
         process_pending()  # the previous step was a log step
       pending.append((step, dev_metrics, data_state))
-      done = step + 1 == end
-      evaluate_now = (step + 1) % int(t_cfg.eval_every) == 0 or done
-      save_now = (step + 1) % int(t_cfg.checkpoint_every) == 0 or done
+      stop, save_due = guard.check(step)  # a SIGTERM/SIGINT arrived; train.checkpoint_minutes have passed
+      done = step + 1 == end or stop
+      evaluate_now = (step + 1) % int(t_cfg.eval_every) == 0 or (done and not stop)
+      save_now = (step + 1) % int(t_cfg.checkpoint_every) == 0 or done or save_due
       if evaluate_now or save_now:
         process_pending()  # syncs on this step: never evaluate or save a non-finite state unnoticed
       if evaluate_now:
         ev = evaluate(eval_step, state.params, eval_batches, state.ref_params,
-                      loss_is_token_nll=getattr(objective, "loss_is_token_nll", True))
+                      reports_perplexity=bool(objective.reports_perplexity))
         ev["step"] = step + 1
         writer.write(ev)
         progress.show({**final, **ev})
         final.update(ev)
       if save_now:
-        ckpt.save(step + 1, state, data_state, {**meta, "step": step + 1}, force=done)
+        ckpt.save(step + 1, state, data_state, {**meta, "step": step + 1}, force=done or save_due)
+        guard.saved()
         last_good_ckpt = step + 1
+      if (step + 1) % int(t_cfg.log_every) == 0:
+        ckpt.check_saves()  # a failed background save (disk full) stops the run now, not one interval later
+      if stop:
+        preempted_at = step + 1
+        break
     process_pending()
   finally:
     if tracing:
@@ -220,13 +243,9 @@ def train(config, workdir: str | Path, stage: StageData, *, init_params_fn: Call
     prefetch.close()
     ckpt.close()
     writer.close()
+    guard.uninstall()  # only now: a second signal while the last save commits still exits at once
+  if preempted_at is not None:
+    raise guard.preempted(preempted_at)
   final["skipped_steps"] = int(jax.device_get(state.skipped))
   final["params"] = state.params
   return final
-
-
-class _NoOpt:
-  """Stand-in optimizer used only to trace parameter shapes (the real one needs them for its mask)."""
-
-  def init(self, params):
-    return ()

@@ -11,7 +11,6 @@ import logging
 import math
 from typing import Any
 
-import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
@@ -102,10 +101,6 @@ def batch_sharding(mesh: Mesh, ndim: int = 2, leading_accum: bool = False) -> Na
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
-
-
-def logical_rules_context():
-  return nn.logical_axis_rules(LOGICAL_RULES)
 
 
 def process_rows(batch: dict) -> dict:

@@ -6,18 +6,25 @@ import json
 import time
 from pathlib import Path
 
+from modernlm_jax import paths
+
 
 class MetricWriter:
+  """Process 0 writes; on a gs:// workdir both files are written locally and uploaded (paths.LocalMirror):
+  object stores cannot append, and tensorboardX writes only local files without extra GCS clients."""
 
   def __init__(self, workdir: Path, *, tensorboard: bool, enabled: bool = True):
     self.enabled = enabled
-    self.path = Path(workdir) / "metrics.jsonl"
-    self._file = open(self.path, "a") if enabled else None
+    self._mirror = paths.LocalMirror(workdir) if enabled else None
+    self.path = paths.path(workdir) / "metrics.jsonl"
+    if enabled:
+      self._mirror.pull("metrics.jsonl")  # a resumed run appends to the rows already there
+    self._file = open(self._mirror.local / "metrics.jsonl", "a") if enabled else None
     self._tb = None
     if enabled and tensorboard:
       from tensorboardX import SummaryWriter
 
-      self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+      self._tb = SummaryWriter(str(self._mirror.local / "tensorboard"))
 
   def write(self, metrics: dict) -> None:
     if not self.enabled:
@@ -29,17 +36,43 @@ class MetricWriter:
       for k, v in row.items():
         if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
           self._tb.add_scalar(k, v, row["step"])
+      self._tb.flush()
+    self._mirror.sync()
 
   def close(self) -> None:
     if self._file:
       self._file.close()
     if self._tb is not None:
       self._tb.close()
+    if self._mirror is not None:
+      self._mirror.close()
 
 
 def read_metrics(workdir: str | Path) -> list[dict]:
-  path = Path(workdir) / "metrics.jsonl"
+  path = paths.path(workdir) / "metrics.jsonl"
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def truncate_metrics(workdir: str | Path, step: int) -> int:
+  """Drops the rows after `step` (steps a crashed run did past its last checkpoint, which the resumed run repeats),
+  so metrics.jsonl holds each step once. Returns how many rows were dropped."""
+  path = paths.path(workdir) / "metrics.jsonl"
+  if not path.exists():
+    return 0
+  lines = path.read_text().splitlines()
+  keep = []
+  for line in lines:
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except ValueError:
+      continue  # a row cut short by the crash
+    if int(row.get("step", 0)) <= step:
+      keep.append(line)
+  if len(keep) != len(lines):
+    paths.write_text_atomic(path, "".join(line + "\n" for line in keep))  # the old file or the new, never half
+  return len(lines) - len(keep)
 
 
 def _fmt_duration(s: float) -> str:

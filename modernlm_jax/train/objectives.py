@@ -1,13 +1,16 @@
-"""Training objectives. Each returns a loss *sum* and a params-independent weight (tokens or pairs).
+"""The objective contract and the next-token objective. Each returns a loss *sum* and a params-independent
+weight (tokens or pairs).
 
 Sums rather than means make gradient accumulation exact: k micro-batches of b rows give the same
 gradient as one batch of k·b rows, because the division by the whole batch's weight happens once.
+Objectives are looked up by name in `train/registry.py`; a new one is a file with its class and one
+registry line.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +40,27 @@ def sigreg_real(h_ND, rng, num_directions: int = 64, num_points: int = 17, t_max
   return jnp.mean(jnp.trapezoid(integrand, t, axis=0))
 
 
+class Objective(Protocol):
+  """What the training loop asks of a stage's loss.
+
+  - `batch_kind`: "tokens" (rows of inputs/targets/positions/segment_ids/loss_mask) or "pairs" (`chosen_*` and
+    `rejected_*` versions of those keys); the post-training job picks its data pipeline from it.
+  - `needs_reference`: the loop keeps a frozen copy of the initial parameters and passes it as `ref_params`.
+  - `reports_perplexity`: the loss is a per-token negative log-likelihood, so `val_ppl` means something.
+  - `weight(batch)`: tokens or pairs in the batch, independent of the parameters.
+  - `loss_sums(params, batch, rng, ref_params=None) -> (total, {metric: sum})`: only `total` is differentiated.
+  """
+
+  name: str
+  batch_kind: str
+  needs_reference: bool
+  reports_perplexity: bool
+
+  def weight(self, batch) -> jax.Array: ...
+
+  def loss_sums(self, params, batch, rng, ref_params=None) -> tuple[jax.Array, dict[str, Any]]: ...
+
+
 @dataclasses.dataclass(frozen=True)
 class NextTokenObjective:
   """Next-token cross-entropy over `loss_mask` (pretraining; SFT when the mask covers responses only)."""
@@ -49,6 +73,9 @@ class NextTokenObjective:
   # False when the data never isolates documents (every row is one segment): the model then sees a plain
   # causal mask, which is the same function and lets flash kernels (cuDNN) run instead of masked XLA attention.
   use_segment_ids: bool = True
+  batch_kind = "tokens"
+  needs_reference = False
+  reports_perplexity = True
 
   def weight(self, batch) -> jax.Array:
     return jnp.sum(batch["loss_mask"].astype(jnp.float32))
@@ -58,7 +85,8 @@ class NextTokenObjective:
         {"params": params}, batch["inputs"], positions=batch.get("positions"),
         segment_ids=batch.get("segment_ids") if self.use_segment_ids else None, return_hidden=True)
 
-  def loss_sums(self, params, batch, rng, extra=None) -> tuple[jax.Array, dict[str, Any]]:
+  def loss_sums(self, params, batch, rng, ref_params=None) -> tuple[jax.Array, dict[str, Any]]:
+    del ref_params
     h = self.hidden(params, batch)
     D = h.shape[-1]
     total, nll_sum, z = fused_cross_entropy(h.reshape(-1, D), output_embedding(params, self.model_cfg),
@@ -73,20 +101,3 @@ class NextTokenObjective:
       total = total + self.sigreg_weight * reg * self.weight(batch)
       metrics["sigreg"] = reg * self.weight(batch)
     return total, metrics
-
-
-def make_objective(config) -> Callable:
-  from modernlm_jax.model import ModelConfig as _MC
-
-  model_cfg = _MC.from_dict(config.model)
-  kind = config.get("objective", "next_token")
-  t = config.train
-  if kind in ("next_token", "sft"):
-    use_segments = kind == "sft" or bool(config.get("data", {}).get("isolate_documents", True))
-    return NextTokenObjective(model_cfg, z_loss=float(t.z_loss), sigreg_weight=float(t.sigreg_weight),
-                              loss_chunk=int(t.loss_chunk), name=kind, use_segment_ids=use_segments)
-  if kind == "dpo":
-    from modernlm_jax.train.dpo import DPOObjective
-
-    return DPOObjective(model_cfg, beta=float(config.dpo.beta), loss_chunk=int(t.loss_chunk))
-  raise ValueError(f"objective={kind!r} is not valid; choose one of ['next_token', 'sft', 'dpo']")

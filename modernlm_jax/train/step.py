@@ -27,7 +27,7 @@ class TrainState:
   opt_state: Any
   rng: jax.Array  # raw uint32 key data: checkpoints hold plain arrays
   skipped: jax.Array  # updates skipped because the loss or gradient norm was not finite
-  ref_params: Any = None  # frozen reference policy (DPO); never updated
+  ref_params: Any = None  # frozen reference policy (objectives with needs_reference, e.g. DPO); never updated
 
 
 def create_state(model_cfg: ModelConfig, optimizer, seed: int, with_reference: bool = False) -> TrainState:
@@ -77,10 +77,9 @@ def make_train_step(objective, optimizer, schedule, *, accum_steps: int = 1, gua
   def step_fn(state: TrainState, batch):
     weight = jnp.maximum(objective.weight(batch), 1.0)  # over all micro-batches: exact accumulation
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    extra = {"ref_params": state.ref_params}
 
     def micro(params, mb, r):
-      total, sums = objective.loss_sums(params, mb, r, extra)
+      total, sums = objective.loss_sums(params, mb, r, state.ref_params)
       return total / weight, sums
 
     grad_fn = jax.value_and_grad(micro, has_aux=True)
@@ -122,7 +121,7 @@ def make_eval_step(objective, mesh):
   """Sums of the objective's metrics and the batch weight (the caller divides once over all batches)."""
 
   def eval_fn(params, batch, ref_params=None):
-    _, sums = objective.loss_sums(params, batch, jax.random.key(0), {"ref_params": ref_params})
+    _, sums = objective.loss_sums(params, batch, jax.random.key(0), ref_params)
     return sums, objective.weight(batch)
 
   return jax.jit(eval_fn, in_shardings=(None, mesh_lib.batch_sharding(mesh), None))
