@@ -224,7 +224,7 @@ def reverse_test_section(results: Mapping) -> list[str]:
     if not rt:
         return lines + ["Not run: `python -m modernlm_jax.jobs.reverse_test --results <results.json>` trains the gpt2 "
                         "preset here and with a torch/transformers reference from the same weights and batches.", ""]
-    lines += _table(["preset", "steps", "own final loss", "reference final loss", "max |rel diff| over logged steps",
+    lines += _table(["preset", "steps", "own final loss", "reference final loss", "max abs. rel. diff over logged steps",
                      "diagnosis"],
                     [[rt.get("preset"), rt.get("steps"), _fmt(rt.get("own_loss")), _fmt(rt.get("reference_loss")),
                       _fmt(rt.get("max_rel_diff"), "{:.2%}"), rt.get("diagnosis")]])
