@@ -53,6 +53,7 @@ def make_config(preset: str, *, steps: int, batch_size: int, seq_len: int, lr: f
   if c.model.family != "gpt2":
     raise ValueError(f"--preset {preset!r} is not a gpt2-family preset; the reference is GPT2LMHeadModel (e.g. gpt2-tiny)")
   c.seed = seed
+  c.mesh.data = 1  # one device, like the single-process torch reference
   c.data.update(dict(source=source, seq_len=seq_len, isolate_documents=False, prefetch=0, val_tokens=8 * batch_size * seq_len))
   if tokenizer:
     c.tokenizer.kind = tokenizer
