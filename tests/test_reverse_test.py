@@ -38,8 +38,9 @@ def test_tiny_reverse_test_agrees_with_the_reference(tmp_path):
     assert entry["logged_steps"][0] == 1 and entry["logged_steps"][-1] == 30 and len(entry["logged_steps"]) == 7
     assert entry["rel_diff"][0] < 1e-5  # same initial weights, same first batch
     assert entry["max_rel_diff"] < 0.02
-    # The rule is applied to the final validation losses. At 30 steps they differ by ~10% although the training
-    # curves agree to 1e-5 (unexplained, see the branch notes); at 200 steps they agree within 1.5%.
+    # The rule is applied to the final validation losses. At 30 steps on this 2-batch validation set they differ by
+    # ~10% although the training curves agree to 1e-5: the two weight sets end ~6e-3 apart (scoring the torch weights
+    # with our model reproduces the torch number, so it is the weights, not the evaluation). At 200 steps: within 1.5%.
     assert entry["diagnosis"] and entry["reference_loss"] > 0 and entry["own_loss"] > 0
     assert entry["own_curve"][-1] < entry["own_curve"][0] - 1.0  # it trained
 
