@@ -48,7 +48,8 @@ def compare_defaults() -> ml_collections.ConfigDict:
       data_root="",  # task / perplexity data; "" = $MODERNLM_SHARED_DATA, else ../shared/data
       perplexity="wikitext2:test,wikitext103:test,ptb:test",  # corpora scored for bits/byte and ppl ("" = none)
       probes=ml_collections.ConfigDict(dict(enabled=True, seed=0, num_per_tier=20, distances="5,10,20,50",
-                                            num_choices=4, long_context=2048, batch_size=8)),
+                                            num_choices=4, long_context=2048, batch_size=8,
+                                            num_seeds=1, turns=5)),  # probe seeds seed..seed+n-1; tier-3 turns
       inference=ml_collections.ConfigDict(dict(
           enabled=True, prefill_tokens=1024, prefill_repeats=100, decode_tokens=256, decode_repeats=10,
           context_lengths="256,512,1024,2048", long_context_lengths="4096,8192", context_repeats=10,
@@ -58,7 +59,22 @@ def compare_defaults() -> ml_collections.ConfigDict:
       smoke=ml_collections.ConfigDict(dict(enabled=True, gate=True, overfit_rows=4, overfit_len=0,  # len 0: data.seq_len
                                            overfit_steps=200, overfit_lr=1e-2, data_fraction=0.01, min_points=5)),
       variants=ml_collections.ConfigDict(),  # name -> {family, model: {...}, train: {...}, data: {...}}
+      **protocol_extensions(),
   ))
+
+
+def protocol_extensions() -> dict:
+  """Compute-matched budgets, tier-3 probe settings, the long-context curve and the conversational set."""
+  return dict(
+      budget="tokens",  # tokens: every member trains train.steps | flops: steps set so training FLOPs match the baseline's
+      long_context=ml_collections.ConfigDict(dict(
+          enabled=True, source="auto",  # auto: the shared Gutenberg books (held-out split) | a data source spec
+          contexts="2048,4096,8192,16384,32768", num_docs=1, window=0,  # window 0: the member's max_len
+          sinks=4, chunk=512, extrapolate_max=32768)),
+      dialogue=ml_collections.ConfigDict(dict(
+          enabled=True, source="hh",  # hh (shared HH-RLHF test split, chosen side) | dailydialog:PATH | personachat:PATH
+          num_dialogues=64, max_new_tokens=32, bleu=True)),
+  )
 
 
 def _base(scales: str, seeds: str):
@@ -85,6 +101,9 @@ def _smoke():
   # machinery end to end and reports the smoke results without gating on them (the report says so).
   c.compare.smoke.update(dict(overfit_rows=2, overfit_steps=100, gate=False))
   c.compare.perplexity_max_chars = 50_000  # the first ~50k characters of WikiText-2/103 and PTB: minutes, not hours
+  # Long context: the full 2K..32K curve natively and in rolling windows; quadratic extrapolation only to 4K.
+  c.compare.long_context.update(dict(extrapolate_max=4096))
+  c.compare.dialogue.update(dict(num_dialogues=16, max_new_tokens=16))
   return c
 
 

@@ -210,6 +210,7 @@ def _mini_config(tmp_path: Path):
   # 5 overfit steps cannot memorise anything: the gate is off so the rest of the machinery runs (and is recorded).
   c.compare.smoke.update(dict(overfit_rows=2, overfit_len=16, overfit_steps=5, min_points=2, gate=False))
   c.compare.update(dict(suite="", perplexity=""))
+  c.compare.long_context.enabled = c.compare.dialogue.enabled = False  # covered by test_compare_protocol.py
   return c
 
 

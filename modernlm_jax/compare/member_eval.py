@@ -156,8 +156,11 @@ def statefulness_entry(forward_fn: Callable, tokenizer, cfg: ModelConfig, probes
                                 num_per_tier=int(probes_cfg.num_per_tier),
                                 distances=parse_ints(probes_cfg.distances, "probes.distances"),
                                 num_choices=int(probes_cfg.num_choices), context=ctx,
-                                batch_size=int(probes_cfg.batch_size))
+                                batch_size=int(probes_cfg.batch_size),
+                                seeds=[int(probes_cfg.seed) + i for i in range(int(probes_cfg.get("num_seeds", 1)))],
+                                turns=int(probes_cfg.get("turns", statefulness.DEFAULT_TURNS)))
   entry = results_lib.statefulness_entry(res)
+  entry["chance_corrected"] = res["chance_corrected"]
   entry["context"] = ctx
   entry["truncated"] = int(res["truncated"])
   entry["n"] = int(res["n"])
@@ -210,3 +213,87 @@ def perplexities_and_skips(forward_fn: Callable, tokenizer, corpora: list[str], 
                       "nats_per_token": float(r["nats_per_token"]), "tokens": int(r["tokens"]),
                       "bytes": int(r["bytes"]), "context": int(r["context"])}
   return scored, skipped
+
+
+# --------------------------------------------------------------------------- long context, dialogue, budget
+
+
+def _shared_data_root(data_root: str) -> Path:
+  from modernlm_jax.data.posttrain_pipeline import shared_data_root
+
+  return Path(data_root) if str(data_root) else shared_data_root()
+
+
+def long_context_docs(lc_cfg, data_cfg, tokenizer, data_root: str = "") -> tuple[list[list[int]], str] | str:
+  """Token ids of the long held-out documents, and their description; or the reason there are none.
+
+  `source=auto` reads the shared Gutenberg books; like any other source, only its held-out split is used.
+  """
+  from modernlm_jax.compare.plan import parse_ints
+  from modernlm_jax.data import sources
+
+  need = max(parse_ints(lc_cfg.contexts, "long_context.contexts")) + 1
+  spec = str(lc_cfg.source)
+  if spec == "auto":
+    books = _shared_data_root(data_root) / "gutenberg"
+    if not books.is_dir():
+      return (f"no long documents: {books} is absent; set compare.data_root to the shared data folder or "
+              "compare.long_context.source to a data source of long documents")
+    spec = f"text@file:{books}/*.txt"
+  texts = sources.load_documents(spec, "validation", jsonl_field=str(data_cfg.jsonl_field))
+  docs = []
+  for text in texts:
+    ids = list(tokenizer.encode(text[:need * 16]))  # a prefix is enough: no tokenizer packs 16 bytes per token
+    if len(ids) < need:
+      ids = list(tokenizer.encode(text))
+    if len(ids) >= need:
+      docs.append([tokenizer.eos_id, *ids[:need - 1]])
+    if len(docs) >= int(lc_cfg.num_docs):
+      break
+  if not docs:
+    return f"no held-out document of {spec} has {need} tokens; lower compare.long_context.contexts"
+  return docs, f"{len(docs)} held-out document(s) of {spec}, first {need} tokens each"
+
+
+def long_context_entry(params, cfg: ModelConfig, tokenizer, lc_cfg, docs: tuple[list[list[int]], str] | str) -> dict:
+  """results.json `long_context`: bits/byte at each context per mode, each mode labelled with how it ran."""
+  from modernlm_jax.compare.plan import parse_ints
+  from modernlm_jax.eval import long_context
+
+  if isinstance(docs, str):
+    return {"skipped": docs}
+  ids, described = docs
+
+  def bytes_of(targets):
+    return len(tokenizer.decode(list(targets)).encode("utf-8"))
+
+  res = long_context.curve(params, cfg, ids, contexts=parse_ints(lc_cfg.contexts, "long_context.contexts"),
+                           window=int(lc_cfg.window), sinks=int(lc_cfg.sinks), chunk=int(lc_cfg.chunk),
+                           extrapolate_max=int(lc_cfg.extrapolate_max), bytes_of=bytes_of)
+  res["documents"] = described
+  return res
+
+
+def dialogue_entry(params, cfg: ModelConfig, forward_fn: Callable, tokenizer, dlg_cfg, dialogues: list | str) -> dict:
+  """results.json `dialogue`: reply perplexity / bits per byte and BLEU of greedy replies."""
+  from modernlm_jax.eval import dialogue
+  from modernlm_jax.generate import greedy_generate_fn
+
+  if isinstance(dialogues, str):
+    return {"skipped": dialogues}
+  gen = greedy_generate_fn(params, cfg) if bool(dlg_cfg.bleu) else None
+  res = dialogue.evaluate(forward_fn, gen, tokenizer, dialogues, context=cfg.max_len,
+                          max_new_tokens=int(dlg_cfg.max_new_tokens), batch_size=8)
+  res["source"] = str(dlg_cfg.source)
+  res["context"] = cfg.max_len
+  return res
+
+
+def load_dialogue_set(dlg_cfg, data_root: str = "") -> list | str:
+  """The held-out dialogues, or the reason there are none (missing data is a skip, never an error)."""
+  from modernlm_jax.eval import dialogue
+
+  try:
+    return dialogue.load_dialogues(str(dlg_cfg.source), int(dlg_cfg.num_dialogues), _shared_data_root(data_root))
+  except FileNotFoundError as e:
+    return f"no dialogue data: {e}"

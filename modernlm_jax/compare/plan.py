@@ -27,6 +27,7 @@ from modernlm_jax.config_base import model_config_dict
 from modernlm_jax.model import ModelConfig, scales
 
 TOKENIZER_KINDS = ("auto", "gpt2", "sentencepiece", "bytes")
+BUDGETS = ("tokens", "flops")
 # Train / data keys a variant may not touch: changing them would break the matched protocol.
 _PROTOCOL_TRAIN_KEYS = ("steps", "batch_size")
 _PROTOCOL_DATA_KEYS = ("source", "val_source", "seq_len")
@@ -107,6 +108,7 @@ def plan(config) -> list[Member]:
     raise ValueError(f"compare.baseline={baseline!r} is not one of compare.families {arm_names}")
   for name in variant_names(config):
     _check_variant_keys(config, name)
+  budget_kind(config)
   return [Member(arm, families[arm], scale, seed) for scale in scale_names for seed in seeds for arm in arm_names]
 
 
@@ -246,6 +248,7 @@ def member_config(config, member: Member, tokenizer_cfg) -> ml_collections.Confi
   m.init_from = ""
   m.tokenizer = ml_collections.ConfigDict(tokenizer_cfg.to_dict())
   m.model = model_config_dict(model_config(config, member))
+  m.train.steps = member_steps(config, member)
   variants = config.compare.get("variants") or {}
   if member.arm in variants:
     v = variants[member.arm]
@@ -256,6 +259,49 @@ def member_config(config, member: Member, tokenizer_cfg) -> ml_collections.Confi
                            f"{sorted(m[section].keys())}")
         m[section][key] = value
   return m
+
+
+# --------------------------------------------------------------------------- budgets
+
+
+def budget_kind(config) -> str:
+  kind = str(config.compare.get("budget", "tokens"))
+  if kind not in BUDGETS:
+    raise ValueError(f"compare.budget={kind!r} is not valid; choose one of {list(BUDGETS)} (tokens: every member "
+                     "trains train.steps; flops: each member's steps match the baseline's training FLOPs)")
+  return kind
+
+
+def _flops_per_step(config, member: Member) -> float:
+  from modernlm_jax.train.flops import flops_per_token
+
+  seq_len, batch = int(config.data.seq_len), int(config.train.batch_size)
+  return flops_per_token(model_config(config, member), seq_len) * batch * seq_len
+
+
+def baseline_member(config, member: Member) -> Member:
+  base = str(config.compare.baseline)
+  return Member(base, arm_family(config, base), member.scale, member.seed)
+
+
+def member_steps(config, member: Member) -> int:
+  """train.steps for the token budget; with compare.budget=flops, the step count whose training FLOPs (the MFU
+  counter, train/flops.py) come closest to the baseline's train.steps at the same scale."""
+  steps = int(config.train.steps)
+  if budget_kind(config) == "tokens" or member.arm == str(config.compare.baseline):
+    return steps
+  target = _flops_per_step(config, baseline_member(config, member)) * steps
+  return max(1, int(round(target / _flops_per_step(config, member))))
+
+
+def budget_entry(config, member: Member) -> dict:
+  """The budget block of a member: steps, tokens and training FLOPs, and what was matched."""
+  steps = member_steps(config, member)
+  tokens_per_step = int(config.train.batch_size) * int(config.data.seq_len)
+  flops = _flops_per_step(config, member) * steps
+  base_flops = _flops_per_step(config, baseline_member(config, member)) * int(config.train.steps)
+  return {"kind": budget_kind(config), "steps": steps, "tokens": steps * tokens_per_step, "train_flops": flops,
+          "baseline_train_flops": base_flops, "flops_vs_baseline": flops / base_flops}
 
 
 def protocol(config, tokenizers: dict[str, tuple[Any, Any]]) -> dict:
@@ -291,6 +337,10 @@ def protocol(config, tokenizers: dict[str, tuple[Any, Any]]) -> dict:
   }
   if str(d.seq_len_schedule):
     proto["seq_len_schedule"] = str(d.seq_len_schedule)
+  if budget_kind(config) == "flops":
+    proto["budget"] = "flops"
+    proto["budget_note"] = ("compute-matched: each member's steps are set so its training FLOPs match the baseline's "
+                            "at train.steps; token_budget is the baseline's")
   if str(config.compare.decision_scale):
     proto["decision_scale"] = str(config.compare.decision_scale)
   if len(distinct) > 1:
@@ -314,4 +364,4 @@ def _describe_variant(v) -> str:
 
 
 PROTOCOL_IDENTITY_KEYS = ("data_source", "token_budget", "schedule", "batch_size", "seq_len", "tokenizer",
-                          "optimizer", "seq_len_schedule")
+                          "optimizer", "seq_len_schedule", "budget")

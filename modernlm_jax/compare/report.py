@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from modernlm_jax.compare import decision, plots
+from modernlm_jax.compare import decision, plots, protocol_report
 from modernlm_jax.compare import results as results_lib
 from modernlm_jax.compare import stats as stats_lib
 from modernlm_jax.compare.scaling import growth_label
@@ -594,6 +594,7 @@ def write_report(results: Mapping, out_dir: str | Path) -> Path:
     lines += _scaling_section(results, fits, figs["scaling_law"])
     lines += _stability_section(results)
     lines += _smoke_section(results)
+    lines += protocol_report.sections(results, out_dir)  # budgets, chance-corrected score, long context, dialogue, reverse test
     lines += _failed_section(results)
     path = out_dir / REPORT_NAME
     text = "\n".join(lines).rstrip() + "\n"

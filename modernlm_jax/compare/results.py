@@ -68,6 +68,9 @@ rejected: a diverged run is ``status: "failed"`` with an ``error``)::
     }
 
 `(family, scale, seed)` identifies a run and must be unique.
+
+Optional run keys `budget`, `long_context`, `dialogue`, `statefulness.chance_corrected` and the top-level
+`reverse_test` are documented in `modernlm_jax.compare.protocol_report`, which renders them.
 """
 
 from __future__ import annotations

@@ -98,6 +98,8 @@ class _Context:
     self.config, self.workdir, self.tokenizers = config, workdir, tokenizers
     self.data_root, self.data_root_reason = plan_lib.resolve_data_root(config)
     self.streams: dict[str, tuple[np.ndarray, int]] = {}
+    self.long_docs: dict[str, Any] = {}  # tokenizer identity -> long-context documents (or why there are none)
+    self.dialogues: Any = None
     self.inference_plans: dict[str, dict] = {}
     for scale in dict.fromkeys(m.scale for m in members):
       cfgs = {}
@@ -177,7 +179,27 @@ def _evaluate_member(ctx: _Context, member: Member, mcfg, params, tok, tokens_pe
     measured = (inference_lib.measure_in_subprocess(params, model_cfg, plan) if plan["memory"]
                 else inference_lib.measure(params, model_cfg, plan))
     entry["inference"] = inference_lib.entry(measured, plan)
-  return results_lib.make_run(member.arm, member.scale, member.seed, scales.count_params(model_cfg)["total"], **entry)
+  run = results_lib.make_run(member.arm, member.scale, member.seed, scales.count_params(model_cfg)["total"], **entry)
+  run.update(_protocol_extensions(ctx, member, params, model_cfg, fwd, tok))
+  return run
+
+
+def _protocol_extensions(ctx: _Context, member: Member, params, model_cfg: ModelConfig, fwd, tok) -> dict:
+  """The budget a member trained on, its long-context curve and its conversational scores."""
+  c = ctx.config.compare
+  out: dict[str, Any] = {"budget": plan_lib.budget_entry(ctx.config, member)}
+  if bool(c.long_context.enabled):
+    if tok.identity not in ctx.long_docs:
+      ctx.long_docs[tok.identity] = member_eval.long_context_docs(c.long_context, ctx.config.data, tok, str(c.data_root))
+    log.info("[compare] %s: long-context curve", member.name)
+    out["long_context"] = member_eval.long_context_entry(params, model_cfg, tok, c.long_context,
+                                                         ctx.long_docs[tok.identity])
+  if bool(c.dialogue.enabled):
+    if ctx.dialogues is None:
+      ctx.dialogues = member_eval.load_dialogue_set(c.dialogue, str(c.data_root))
+    log.info("[compare] %s: conversational set", member.name)
+    out["dialogue"] = member_eval.dialogue_entry(params, model_cfg, fwd, tok, c.dialogue, ctx.dialogues)
+  return out
 
 
 def _run_member(ctx: _Context, member: Member) -> dict:
@@ -285,7 +307,6 @@ def run(config, workdir: str | Path) -> dict:
   results = _load_or_new(results_path, plan_lib.protocol(config, tokenizers), members)
   ctx = _Context(config, workdir, members, tokenizers)
   is_main = jax.process_index() == 0
-  steps = int(config.train.steps)
   if bool(config.compare.smoke.enabled):
     smoke = _smoke_first(ctx, members, results)
     if smoke:
@@ -305,7 +326,7 @@ def run(config, workdir: str | Path) -> dict:
         log.warning("[compare] smoke check(s) failed: %s; going on because compare.smoke.gate=False", ", ".join(failed))
   for i, member in enumerate(members):
     prior = _find_run(results, member)
-    finished = final_checkpoint_step(member_dir(workdir, member)) == steps
+    finished = final_checkpoint_step(member_dir(workdir, member)) == plan_lib.member_steps(config, member)
     if finished and prior is not None and prior["status"] == "ok":
       log.info("[compare] %d/%d %s: finished earlier, skipped", i + 1, len(members), member.name)
       continue
