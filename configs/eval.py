@@ -3,6 +3,8 @@
 `quick` (default) finishes in minutes on a CPU for a tiny model; `full` adds WikiText-2 test with the
 GPT-2 protocol (sequence 1024, batch 32, GPT-2 BPE) and every task example. Tasks whose data is
 missing under `data_root` are skipped with the reason; they never stop the run.
+`--config.eval.text=PATH` (a file or glob) adds any text for perplexity / bits per byte;
+`--config.eval.split=valid` and `--config.eval.stride=N` pick the corpus split and window stride.
 """
 
 import ml_collections
@@ -21,7 +23,12 @@ def get_config(arg: str | None = None):
   c.stages = ""  # "pretrain=runs/a,sft=runs/b,dpo=runs/c" -> also a stage table
   c.data_root = ""  # empty: $MODERNLM_SHARED_DATA, else ../shared/data next to the repository
   c.batch_size = 16  # rows per forward pass (the GPT-2 protocol corpus keeps its own 32)
-  c.context = 0  # 0: the model's max_len, capped at 1024
+  c.context = 0  # 0: the length the checkpoint was trained at (data.seq_len), else its max_len capped at 1024
+  c.eval = ml_collections.ConfigDict(dict(
+      text="",  # any text file or glob: also scored for perplexity and bits/byte (as one stream)
+      split="",  # "test" | "valid": the split of WikiText-2/103 and PTB ("" = the suite's: test)
+      stride=0,  # > 0: perplexity windows advance by this many tokens (overlapping); 0 = the context
+  ))
   c.seed = 0
   c.attention_impl = ""  # empty: the kernel stored with the checkpoint
   c.require_gpt2_protocol = True  # full suite: stop unless the tokenizer is GPT-2 BPE

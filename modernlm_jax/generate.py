@@ -1,8 +1,11 @@
 """Jitted sampling with a KV cache (and recurrent state), including StreamingLLM-style attention sinks.
 
 Prompts are left-padded into one batch; padding carries position -1 so it is never written to the
-cache. The prompt is fed in fixed-size chunks (one compiled shape), then tokens are sampled one at a
-time inside a `lax.while_loop` that stops when every row has emitted a stop token.
+cache. `generate` runs the whole thing on the device in one jitted call: the prompt goes through the
+cache in one chunk when it fits (a linear cache; a streaming cache takes fixed-size chunks under
+`lax.scan`), then tokens are sampled one at a time inside a `lax.while_loop` that stops when every row
+has emitted a stop token. No per-token host round trip; only the last position is projected to the
+vocabulary; greedy decoding is an argmax (no sort, softmax or cumsum); the cache is in the compute dtype.
 
 With `stream_sinks=k`, the cache keeps the first k tokens plus a rolling window of the most recent
 ones, and positions are re-assigned inside the cache, so generation (and scoring) can run far past
@@ -46,6 +49,25 @@ def sample_logits(logits_BV, rng, temperature, top_k, top_p):
   return jnp.where(temperature <= 0, greedy_B, sampled_B)
 
 
+def _next_token(logits_BV, rng, temperature, top_k, top_p, *, greedy: bool):
+  """Greedy decoding (known on the host) compiles to an argmax alone; sampling to the full filter."""
+  if greedy:
+    return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+  return sample_logits(logits_BV, rng, temperature, top_k, top_p)
+
+
+def _apply_last(model, params, cfg, cache, tokens_BT, positions_BT, stream_sinks):
+  """One cached forward pass; logits [B, V] of the last position only (the others are never sampled)."""
+  hidden_BTD, cache = model.apply({"params": params}, tokens_BT, positions=positions_BT, cache=cache,
+                                  stream_sinks=stream_sinks, return_hidden=True)
+  h_BD = hidden_BTD[:, -1]
+  if cfg.tie_embeddings:  # contract with the [V, D] table as stored (no transposed copy inside the loop)
+    logits_BV = jnp.einsum("bd,vd->bv", h_BD, params["embed"]["embedding"].astype(h_BD.dtype))
+  else:
+    logits_BV = h_BD @ params["lm_head"].astype(h_BD.dtype)
+  return logits_BV.astype(jnp.float32), cache
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "stream_sinks"))
 def _feed(params, cache, tokens_BT, positions_BT, *, cfg: ModelConfig, stream_sinks):
   logits, cache = LanguageModel(cfg).apply({"params": params}, tokens_BT, positions=positions_BT, cache=cache,
@@ -53,11 +75,9 @@ def _feed(params, cache, tokens_BT, positions_BT, *, cfg: ModelConfig, stream_si
   return logits, cache
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "stream_sinks", "max_new_tokens"))
-def _decode_loop(params, cache, last_logits_BV, next_pos_B, stop_ids, rng, temperature, top_k, top_p, *, cfg,
-                 stream_sinks, max_new_tokens):
+def _sample_loop(model, params, cfg, cache, last_logits_BV, next_pos_B, stop_ids, rng, temperature, top_k, top_p, *,
+                 stream_sinks, max_new_tokens, greedy):
   B = last_logits_BV.shape[0]
-  model = LanguageModel(cfg)
   out = jnp.zeros((B, max_new_tokens), jnp.int32)
 
   def cond(c):
@@ -67,23 +87,48 @@ def _decode_loop(params, cache, last_logits_BV, next_pos_B, stop_ids, rng, tempe
   def body(c):
     i, cache, logits, pos, done, out, rng = c
     rng, sub = jax.random.split(rng)
-    tok = sample_logits(logits, sub, temperature, top_k, top_p)
+    tok = _next_token(logits, sub, temperature, top_k, top_p, greedy=greedy)
     out = out.at[:, i].set(jnp.where(done, -1, tok))
     done = done | jnp.any(tok[:, None] == stop_ids[None, :], axis=-1)
-    new_logits, cache = model.apply({"params": params}, tok[:, None], positions=pos[:, None], cache=cache,
-                                    stream_sinks=stream_sinks)
-    return i + 1, cache, new_logits[:, -1], pos + 1, done, out, rng
+    new_logits, cache = _apply_last(model, params, cfg, cache, tok[:, None], pos[:, None], stream_sinks)
+    return i + 1, cache, new_logits, pos + 1, done, out, rng
 
   init = (jnp.int32(0), cache, last_logits_BV, next_pos_B, jnp.zeros((B,), bool), out, rng)
   n, _, _, _, _, out, _ = jax.lax.while_loop(cond, body, init)
   return out, n
 
 
-def prefill(params, cfg: ModelConfig, cache, prompts: Sequence[Sequence[int]], *, chunk: int, stream_sinks=None,
-            start_positions: Sequence[int] | None = None):
-  """Feeds left-padded prompts through the cache in `chunk`-token pieces; returns (last logits, cache, next positions)."""
+@functools.partial(jax.jit, static_argnames=("cfg", "stream_sinks", "max_new_tokens", "greedy"))
+def _decode_loop(params, cache, last_logits_BV, next_pos_B, stop_ids, rng, temperature, top_k, top_p, *, cfg,
+                 stream_sinks, max_new_tokens, greedy=False):
+  return _sample_loop(LanguageModel(cfg), params, cfg, cache, last_logits_BV, next_pos_B, stop_ids, rng, temperature,
+                      top_k, top_p, stream_sinks=stream_sinks, max_new_tokens=max_new_tokens, greedy=greedy)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "stream_sinks", "max_new_tokens", "greedy", "cache_len"))
+def _generate_on_device(params, chunks_NBC, chunk_pos_NBC, next_pos_B, stop_ids, rng, temperature, top_k, top_p, *,
+                        cfg, stream_sinks, max_new_tokens, greedy, cache_len):
+  """Prefill (N chunks of C tokens, scanned) and the sampling loop in one compiled program."""
+  model = LanguageModel(cfg)
+  cache = init_cache(cfg, chunks_NBC.shape[1], cache_len)
+
+  def feed(cache, chunk):
+    toks_BC, pos_BC = chunk
+    logits_BV, cache = _apply_last(model, params, cfg, cache, toks_BC, pos_BC, stream_sinks)
+    return cache, logits_BV
+
+  if chunks_NBC.shape[0] == 1:  # the common case: no scan around a single chunk
+    cache, last_BV = feed(cache, (chunks_NBC[0], chunk_pos_NBC[0]))
+  else:
+    cache, logits_NBV = jax.lax.scan(feed, cache, (chunks_NBC, chunk_pos_NBC))
+    last_BV = logits_NBV[-1]
+  return _sample_loop(model, params, cfg, cache, last_BV, next_pos_B, stop_ids, rng, temperature, top_k, top_p,
+                      stream_sinks=stream_sinks, max_new_tokens=max_new_tokens, greedy=greedy)
+
+
+def _left_pad(prompts, chunk: int, starts):
+  """Tokens and positions [B, padded_len] (padded_len a multiple of `chunk`), padding at position -1."""
   B = len(prompts)
-  starts = np.zeros(B, np.int64) if start_positions is None else np.asarray(start_positions)
   longest = max(1, max(len(p) for p in prompts))
   padded_len = -(-longest // chunk) * chunk
   toks = np.zeros((B, padded_len), np.int32)
@@ -92,8 +137,17 @@ def prefill(params, cfg: ModelConfig, cache, prompts: Sequence[Sequence[int]], *
     if len(p):
       toks[b, padded_len - len(p):] = p
       pos[b, padded_len - len(p):] = starts[b] + np.arange(len(p))
+  return toks, pos
+
+
+def prefill(params, cfg: ModelConfig, cache, prompts: Sequence[Sequence[int]], *, chunk: int, stream_sinks=None,
+            start_positions: Sequence[int] | None = None):
+  """Feeds left-padded prompts through the cache in `chunk`-token pieces; returns (last logits, cache, next positions)."""
+  B = len(prompts)
+  starts = np.zeros(B, np.int64) if start_positions is None else np.asarray(start_positions)
+  toks, pos = _left_pad(prompts, chunk, starts)
   last = None
-  for s in range(0, padded_len, chunk):
+  for s in range(0, toks.shape[1], chunk):
     logits, cache = _feed(params, cache, jnp.asarray(toks[:, s:s + chunk]), jnp.asarray(pos[:, s:s + chunk]),
                           cfg=cfg, stream_sinks=stream_sinks)
     last = logits[:, -1]
@@ -105,7 +159,11 @@ def generate(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *, max_
              temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, stop_ids: Sequence[int] = (),
              seed: int = 0, cache_len: int | None = None, stream_sinks: int | None = None,
              prefill_chunk: int = 64) -> list[list[int]]:
-  """Continuations for each prompt (stop token included when hit, nothing after it)."""
+  """Continuations for each prompt (stop token included when hit, nothing after it).
+
+  A linear cache takes the whole prompt in one chunk (padded to a multiple of `prefill_chunk`, which
+  bounds the number of compiled shapes); a streaming cache (`stream_sinks`) in `prefill_chunk` pieces.
+  """
   if not prompts:
     return []
   if any(len(p) == 0 for p in prompts):
@@ -116,15 +174,22 @@ def generate(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *, max_
     if cfg.has_attention and longest + max_new_tokens > cache_len:
       raise ValueError(f"prompt ({longest}) + max_new_tokens ({max_new_tokens}) exceeds the cache ({cache_len}); "
                        "shorten the prompt, lower max_new_tokens, or use stream_sinks=4 (attention sinks) to stream")
+    toks, pos = _left_pad(prompts, prefill_chunk, np.zeros(len(prompts), np.int64))
+    toks, pos = toks[None], pos[None]  # one chunk
   else:
     cache_len = cache_len or cfg.max_len
-    prefill_chunk = min(prefill_chunk, cache_len - stream_sinks)
-  cache = init_cache(cfg, len(prompts), cache_len)
-  last, cache, next_pos = prefill(params, cfg, cache, prompts, chunk=prefill_chunk, stream_sinks=stream_sinks)
+    chunk = min(prefill_chunk, cache_len - stream_sinks)
+    toks, pos = _left_pad(prompts, chunk, np.zeros(len(prompts), np.int64))
+    n = toks.shape[1] // chunk
+    toks = toks.reshape(len(prompts), n, chunk).transpose(1, 0, 2)
+    pos = pos.reshape(len(prompts), n, chunk).transpose(1, 0, 2)
+  next_pos = jnp.asarray([len(p) for p in prompts], jnp.int32)
   stop = jnp.asarray(list(stop_ids) or [-2], jnp.int32)
-  out, _ = _decode_loop(params, cache, last, next_pos, stop, jax.random.key(seed), jnp.float32(temperature),
-                        jnp.int32(top_k), jnp.float32(top_p), cfg=cfg, stream_sinks=stream_sinks,
-                        max_new_tokens=max_new_tokens)
+  greedy = float(temperature) <= 0.0
+  out, _ = _generate_on_device(params, jnp.asarray(toks), jnp.asarray(pos), next_pos, stop, jax.random.key(seed),
+                               jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p), cfg=cfg,
+                               stream_sinks=stream_sinks, max_new_tokens=int(max_new_tokens), greedy=greedy,
+                               cache_len=int(cache_len))
   result = []
   for row in np.asarray(out):
     row = row[row >= 0].tolist()

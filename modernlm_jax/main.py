@@ -13,6 +13,9 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from modernlm_jax import config_check
+from modernlm_jax.train import workdir_lock
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Task config file (configs/*.py), optionally with :preset.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, reports. Default: runs/<preset>.")
@@ -21,10 +24,33 @@ TASKS = ("pretrain", "sft", "dpo", "eval", "compare", "bench")
 _YNN_WORKAROUND = "--xla_cpu_experimental_ynn_fusion_type="
 
 
-def apply_cpu_workarounds() -> None:
+# Config files whose runs build only what their preset and overrides name (no init_from, no comparison arms).
+_PRESET_ONLY_CONFIGS = ("pretrain.py", "bench.py")
+
+
+def needs_ynn_workaround(argv) -> bool:
+  """Whether the run may build an RWKV layer, judged from the command line (XLA_FLAGS must be set before
+  JAX initialises, which building the config already does). RWKV gradients are the only thing the YNN
+  fusion breaks; the main pretraining job and the benchmark keep the fusion (≈1.1× faster attention
+  training and compiles on CPU) unless a hybrid/RWKV preset or layer pattern is named. Other tasks
+  (compare arms include the hybrid; SFT/DPO may start from a hybrid run) keep the workaround."""
+  text = " ".join(argv).lower()
+  if "rwkv" in text or "hybrid" in text:
+    return True
+  config_file = ""
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      config_file = arg.split("=", 1)[1]
+    elif arg == "--config" and i + 1 < len(argv):
+      config_file = argv[i + 1]
+  return os.path.basename(config_file.split(":", 1)[0]) not in _PRESET_ONLY_CONFIGS
+
+
+def apply_cpu_workarounds(argv=None) -> None:
   """jaxlib 0.10's XLA:CPU YNNPACK fusion segfaults compiling the RWKV chunked gradient at strong
   decays; disabling that fusion avoids it. Only for 0.10.x, where the flag is known (an unknown flag
-  in XLA_FLAGS aborts the process), and before JAX initialises its backends."""
+  in XLA_FLAGS aborts the process), only when the run may build an RWKV layer (`argv`; None = assume
+  it may), and before JAX initialises its backends."""
   from importlib import metadata
 
   try:
@@ -32,8 +58,11 @@ def apply_cpu_workarounds() -> None:
   except metadata.PackageNotFoundError:
     return
   flags_now = os.environ.get("XLA_FLAGS", "")
-  if version.startswith("0.10.") and "ynn_fusion_type" not in flags_now:
-    os.environ["XLA_FLAGS"] = f"{flags_now} {_YNN_WORKAROUND}".strip()
+  if not version.startswith("0.10.") or "ynn_fusion_type" in flags_now:
+    return
+  if argv is not None and not needs_ynn_workaround(argv):
+    return
+  os.environ["XLA_FLAGS"] = f"{flags_now} {_YNN_WORKAROUND}".strip()
 
 
 def maybe_initialize_distributed() -> None:
@@ -101,12 +130,20 @@ def main(argv):
   config = _CONFIG.value
   workdir = _WORKDIR.value or os.path.join("runs", f"{config.task}-{config.get('preset', 'run')}")
   try:
+    config_check.check_config(config)  # every setting, before any work (tokenizer training included)
+  except config_check.ConfigError as e:
+    sys.exit(f"error: {e}")
+  try:
     check_storage(config, workdir)
   except RuntimeError as e:  # paths.StorageAccessError: the message names the bucket and the fix
     raise SystemExit(f"error: {e}") from None
   maybe_initialize_distributed()
   setup_compilation_cache(config)
-  run_task(config, workdir)
+  lock = workdir_lock.acquire(workdir)  # one run per workdir, for the job's whole life
+  try:
+    run_task(config, workdir)
+  finally:
+    workdir_lock.release(lock)
   from modernlm_jax.train import compile_cache
 
   compile_cache.log_stats()
@@ -114,7 +151,11 @@ def main(argv):
 
 def cli() -> None:
   """`python -m modernlm_jax.main` and the `modernlm-train` console script."""
-  apply_cpu_workarounds()
+  apply_cpu_workarounds(sys.argv[1:])
+  try:
+    config_check.check_override_keys(sys.argv[1:])  # a mistyped key: an error listing the valid keys
+  except config_check.ConfigError as e:
+    sys.exit(f"error: {e}")
   flags.mark_flag_as_required("config")
   app.run(main)
 

@@ -135,7 +135,7 @@ class LocalMirror:
     self.target = path(target)
     self.remote = is_remote(self.target)
     self.interval_s = interval_s
-    self._last = 0.0
+    self._last = time.monotonic()  # the first upload waits an interval too (monotonic time is not 0-based)
     self._uploaded: dict[str, tuple[int, float]] = {}
     if self.remote:
       self.local = Path(tempfile.mkdtemp(prefix="modernlm_mirror_"))

@@ -16,6 +16,7 @@ import os
 import random
 import sys
 import threading
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,6 +69,8 @@ def main() -> None:
   parser.add_argument("corpus")
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--block-save-at", type=int, default=0)
+  parser.add_argument("--step-delay", type=float, default=0.0, help="seconds to sleep after each step (signal tests)")
+  parser.add_argument("--params-out", default="", help="write the final parameters here (.npz)")
   args = parser.parse_args()
 
   # One CPU device, whatever the parent's pytest setup forces: every run must compile the same program.
@@ -88,7 +91,16 @@ def main() -> None:
     block_commit_of(args.block_save_at)
   config = worker_config(args.corpus, str(Path(args.workdir) / "token_cache"), args.steps)
   stage = pretrain_stage(config, args.workdir)
-  train(config, args.workdir, stage, on_step=lambda m: print(f"STEP {m['step']} {m['loss']!r}", flush=True))
+  def on_step(m):
+    print(f"STEP {m['step']} {m['loss']!r}", flush=True)
+    time.sleep(args.step_delay)
+
+  final = train(config, args.workdir, stage, on_step=on_step)
+  if args.params_out:
+    import numpy as np
+
+    leaves = jax.tree_util.tree_leaves_with_path(jax.device_get(final["params"]))
+    np.savez(args.params_out, **{jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves})
   print("DONE", flush=True)
 
 

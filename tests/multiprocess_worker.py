@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -41,6 +42,8 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument("--checkpoint-every", type=int, default=10_000)
   p.add_argument("--batch-size", type=int, default=8)
   p.add_argument("--async-checkpoint", action="store_true")
+  p.add_argument("--sigterm-at", type=int, default=0, help="process 0 sends itself SIGTERM after this step")
+  p.add_argument("--preemption-check-every", type=int, default=0, help="steps between the processes' signal checks")
   p.add_argument("--mesh", choices=sorted(MESHES), default="data",
                  help="data: replicated parameters; fsdp: parameters sharded across the processes")
   args = p.parse_args(argv)
@@ -61,9 +64,22 @@ def main(argv: list[str] | None = None) -> None:
   evals = [SyntheticBatches(**common, seed=999).batch_at(i) for i in range(2)]
   stage = StageData(train_iter=train_iter, eval_batches=evals, tokenizer=FakeTokenizer())
 
+  from modernlm_jax.train import preemption
+
+  if args.preemption_check_every:
+    preemption.MULTIHOST_CHECK_EVERY = args.preemption_check_every
   losses: dict[int, float] = {}
-  final = train(config, args.workdir, stage, on_step=lambda m: losses.__setitem__(int(m["step"]), float(m["loss"])),
-                stop_at=args.stop_at or None)
+
+  def on_step(m):
+    losses[int(m["step"])] = float(m["loss"])
+    if pi == 0 and int(m["step"]) == args.sigterm_at:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  exit_code, final = 0, {}
+  try:
+    final = train(config, args.workdir, stage, on_step=on_step, stop_at=args.stop_at or None)
+  except preemption.Preempted as e:
+    exit_code, final = e.code, {"preempted_at": e.step}
   result = {
       "process_index": pi,
       "process_count": pc,
@@ -72,11 +88,13 @@ def main(argv: list[str] | None = None) -> None:
       "steps": sorted(losses),
       "losses": [losses[s] for s in sorted(losses)],
       "val_loss": final.get("val_loss"),
+      "preempted_at": final.get("preempted_at"),
   }
   print("RESULT " + json.dumps(result), flush=True)
   if pc > 1:
     # Leave together: a process exiting while a peer is still in a collective makes the peer hang.
     jax.distributed.shutdown()
+  sys.exit(exit_code)
 
 
 if __name__ == "__main__":

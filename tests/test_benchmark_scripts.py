@@ -59,3 +59,18 @@ def test_hlo_dump_script_packs_the_optimised_step(tmp_path):
   with tarfile.open(tmp_path / "hlo.tgz") as tar:
     names = tar.getnames()
   assert any(n.endswith("after_optimizations.txt") and "step_fn" in n for n in names), names
+
+
+def test_torch_reference_benchmark_runs_tiny_on_cpu():
+  proc = subprocess.run(
+      [sys.executable, str(REPO / "benchmarks" / "torch_reference.py"), "--n_layer=1", "--n_embd=32", "--n_head=2",
+       "--vocab=64", "--batch=2", "--seq=16", "--steps=2", "--warmup=1", "--device=cpu"],
+      capture_output=True, text=True, timeout=300, env=_env())
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  result = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert result["impl"] == "torch" and result["dtype"] == "float32" and result["compiled"] is False
+  assert result["tokens_per_s"] > 0 and result["tokens_per_cpu_s"] > 0
+  assert abs(result["loss"] - 4.16) < 0.5  # ≈ ln(64) at init: the model and loss are wired right
+  bad = subprocess.run([sys.executable, str(REPO / "benchmarks" / "torch_reference.py"), "--n_embd=30", "--n_head=4"],
+                       capture_output=True, text=True, timeout=120, env=_env())
+  assert bad.returncode != 0 and "divisible" in bad.stderr

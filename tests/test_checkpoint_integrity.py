@@ -61,12 +61,72 @@ def empty_array_file(step_dir: Path) -> None:
   os.truncate(largest_array_file(step_dir), 0)
 
 
-def flip_bit_in_array_file(step_dir: Path) -> None:
-  """One flipped bit in the middle of the largest array file: the file still reads, the numbers differ."""
-  path = largest_array_file(step_dir)
+def _largest_chunk(step_dir: Path):
+  """(OCDBT key, stored bytes, data file holding them) of the largest array chunk, found through TensorStore's
+  OCDBT index and located in the data file: independent of the order of the chunks in the file, which varies."""
+  import tensorstore as ts
+
+  kv = ts.KvStore.open({"driver": "ocdbt", "base": f"file://{step_dir / 'state'}"}).result()
+  chunks = [k for k in kv.list().result() if not k.endswith(b".zarray")]
+  key = max(chunks, key=lambda k: len(kv.read(k).result().value))
+  value = kv.read(key).result().value
+  path = next(p for p in (step_dir / "state").rglob("*") if p.is_file() and value in p.read_bytes())
+  return kv, key, value, path
+
+
+def flip_bit_in_chunk_header(step_dir: Path) -> None:
+  """One flipped bit in the size field of the first block header of the largest chunk's zstd frame (RFC 8878
+  section 3.1.1): the block no longer matches the frame, so TensorStore fails to decode it. (A blind flip in the
+  middle of the file could land here, in entropy-coded data, or in a literal; this case and the next pin two
+  of them down.)"""
+  _, _, value, path = _largest_chunk(step_dir)
+  assert value[:4] == b"\x28\xb5\x2f\xfd", "chunks are expected to be zstd frames"
+  descriptor = value[4]
+  single_segment = descriptor >> 5 & 1
+  fcs_bytes = (1 if single_segment else 0, 2, 4, 8)[descriptor >> 6]
+  block_header = 5 + (0 if single_segment else 1) + (0, 1, 2, 4)[descriptor & 3] + fcs_bytes
   data = bytearray(path.read_bytes())
-  data[len(data) // 2] ^= 0x10
+  data[data.index(value) + block_header + 1] ^= 0x10
   path.write_bytes(bytes(data))
+
+
+def _decodes_differently(zarray: bytes, chunk: str, original: bytes, damaged: bytes, scratch: Path) -> bool:
+  """Whether TensorStore reads the damaged chunk without error, to other values than the original."""
+  import numpy as np
+  import tensorstore as ts
+
+  def read(value: bytes):
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    (scratch / ".zarray").write_bytes(zarray)
+    (scratch / chunk).write_bytes(value)
+    return ts.open({"driver": "zarr", "kvstore": f"file://{scratch}"}).result().read().result()
+
+  try:
+    return not np.array_equal(read(original), read(damaged), equal_nan=True)
+  except ValueError:  # TensorStore's decode error
+    return False
+
+
+def flip_bit_in_array_file(step_dir: Path) -> None:
+  """One flipped bit in the stored (zstd-compressed) bytes of the largest array chunk, at the first position from
+  the chunk's middle where the damaged chunk still decodes, to other numbers: the file still reads, the numbers
+  differ, so only the fingerprints can tell. (A bit in a block header or the entropy tables makes the read fail
+  instead: flipped_bit_in_chunk_header.)"""
+  kv, key, value, path = _largest_chunk(step_dir)
+  array, _, chunk = key.decode().rpartition("/")
+  zarray = kv.read(f"{array}/.zarray".encode()).result().value
+  scratch = step_dir.parent.parent / "decode_scratch"
+  for offset in range(len(value) // 2, len(value)):
+    damaged = bytearray(value)
+    damaged[offset] ^= 0x10
+    if _decodes_differently(zarray, chunk, value, bytes(damaged), scratch):
+      data = path.read_bytes()
+      at = data.index(value)
+      path.write_bytes(data[:at] + bytes(damaged) + data[at + len(value):])
+      shutil.rmtree(scratch)
+      return
+  pytest.fail(f"no bit of {key!r} in {path} decodes to other values")
 
 
 def garbage_data_state(step_dir: Path) -> None:
@@ -89,6 +149,7 @@ FAULTS = {  # fault -> a phrase of the reason the refusal must give
     "truncated_array_file": (truncate_array_file, "error while reading"),
     "emptied_array_file": (empty_array_file, "error while reading"),
     "flipped_bit_in_array_file": (flip_bit_in_array_file, "fingerprint mismatch"),
+    "flipped_bit_in_chunk_header": (flip_bit_in_chunk_header, "error while reading"),
     "missing_state_item": (missing_item("state"), 'Item "state" was not found'),
     "missing_meta_item": (missing_item("meta"), 'Item "meta" was not found'),
     "missing_data_item": (missing_item("data"), 'Item "data" was not found'),

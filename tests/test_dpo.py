@@ -100,7 +100,7 @@ def test_identical_policy_and_reference_give_log2_and_padding_does_not_count(tin
   obj = DPOObjective(model_cfg, beta=0.1)
   np.testing.assert_array_equal(np.asarray(real_pairs(padded)), [1, 1, 1, 0, 0])
   assert float(obj.weight(padded)) == 3.0
-  total, sums = jax.jit(lambda p, b: obj.loss_sums(p, b, None, {"ref_params": p}))(params, padded)
+  total, sums = jax.jit(lambda p, b: obj.loss_sums(p, b, None, p))(params, padded)
   np.testing.assert_allclose(float(total), 3 * math.log(2.0), rtol=1e-5)
   np.testing.assert_allclose(float(sums["reward_accuracy"]), 1.5)
   np.testing.assert_allclose(float(sums["reward_margin"]), 0.0, atol=1e-6)
@@ -111,7 +111,7 @@ def test_reference_gets_no_gradient_and_policy_does(tiny_model):
   batch = batch_from_examples(random_pairs(2), "dpo", 40, 256)
   obj = DPOObjective(model_cfg, beta=0.5)
   other = jax.tree_util.tree_map(lambda x: x * 0.9, params)
-  loss = lambda p, ref: obj.loss_sums(p, batch, None, {"ref_params": ref})[0]
+  loss = lambda p, ref: obj.loss_sums(p, batch, None, ref)[0]
   g_pol, g_ref = jax.jit(jax.grad(loss, argnums=(0, 1)))(other, params)
   assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree_util.tree_leaves(g_ref))
   assert max(float(jnp.abs(g).max()) for g in jax.tree_util.tree_leaves(g_pol)) > 0.0

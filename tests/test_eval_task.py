@@ -152,3 +152,35 @@ def test_full_suite_path_with_a_gpt2_vocabulary_params_dir(tmp_path, monkeypatch
   # a random model is near uniform over the vocabulary
   assert 0.5 * 50257 < wt["perplexity"] < 2 * 50257
   assert "word_perplexity" in wt
+
+
+def test_default_context_is_the_trained_length_and_the_reason_is_given(byte_run):
+  m = load_eval_model(byte_run)
+  trained = evaluate.trained_length(m)
+  assert trained == 16 and m.cfg.max_len == 32
+  assert evaluate.eval_context(0, 32, trained) == 16
+  assert "trained at (data.seq_len=16)" in evaluate.context_note(16, 32, trained, 0)
+  assert "never trained" in evaluate.context_note(32, 32, trained, 32)
+  assert evaluate.context_note(32, 32, None, 0) is None
+
+
+def test_eval_text_glob_split_and_stride(byte_run, tmp_path):
+  (tmp_path / "a.txt").write_text("hello world " * 20)
+  (tmp_path / "b.txt").write_text("goodbye moon " * 20)
+  text, files = suite.perplexity.load_text_files(str(tmp_path / "*.txt"))
+  assert [f.name for f in files] == ["a.txt", "b.txt"] and "hello" in text and "moon" in text
+  assert suite.perplexity.with_split("wikitext2:test", "valid") == "wikitext2:valid"
+  assert suite.perplexity.with_split("tinystories:valid", "test") == "tinystories:valid"  # no test split exists
+  cfg = eval_cfg(checkpoint=str(byte_run), data_root=str(tmp_path / "no-data"))
+  cfg.eval.update(dict(text=str(tmp_path / "*.txt"), stride=8))
+  m = load_eval_model(byte_run)
+  res = evaluate.evaluate_model(m, cfg, None, progress=None)
+  r = res["perplexity"][f"text:{tmp_path / '*.txt'}"]
+  assert r["bytes"] == len(text.encode()) and r["context"] == 16 and r["stride"] == 8
+  assert "trained at" in res["context_note"]
+  with pytest.raises(FileNotFoundError, match="matches no file"):
+    evaluate.run(eval_cfg(checkpoint=str(byte_run), eval=dict(text=str(tmp_path / "none*.txt"))), tmp_path / "o")
+  bad = eval_cfg(checkpoint=str(byte_run))
+  bad.eval.split = "train"
+  with pytest.raises(ValueError, match="eval.split"):
+    evaluate.run(bad, tmp_path / "o")

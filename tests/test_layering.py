@@ -10,7 +10,7 @@ PKG = Path(__file__).resolve().parents[1] / "modernlm_jax"
 # A module may import only from layers strictly below its own, or from its own subpackage.
 # paths (the local/gs:// file layer) sits below data, whose tokenizer files go through it.
 LAYER = {"paths": -1, "model": 0, "data": 0, "train": 1, "generate": 1, "stateful": 1, "eval": 2, "interop": 3, "compare": 3,
-         "config_base": 1, "lm_eval": 4, "generate_cli": 4, "jobs": 4, "main": 5}
+         "config_base": 1, "config_check": 1, "lm_eval": 4, "generate_cli": 4, "jobs": 4, "main": 5}
 
 
 def _module_name(path: Path) -> str:

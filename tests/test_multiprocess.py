@@ -179,3 +179,22 @@ def test_fsdp_checkpoint_written_by_both_processes_resumes_exactly(reference_run
   np.testing.assert_allclose(second[0]["val_loss"], reference["val_loss"], rtol=1e-5)
   assert _train_rows(workdir) == list(range(1, STEPS + 1))
   assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [2, 4]
+
+
+def test_sigterm_on_one_process_saves_the_same_step_on_both(tmp_path):
+  """Only process 0 is signalled; the all-reduced flag makes both save the same step together, then exit 143."""
+  workdir = tmp_path / "run"
+  run = _Run(workdir, tmp_path / "logs", num_processes=2, local_devices=1,
+             args=["--mesh", "data", "--async-checkpoint", "--sigterm-at", "1", "--preemption-check-every", "2"])
+  try:
+    for p in run.procs:
+      p.wait(timeout=TIMEOUT_S)
+  finally:
+    run.kill()
+  assert [p.returncode for p in run.procs] == [143, 143], _tails(run.logs)
+  results = [json.loads(next(line for line in path.read_text().splitlines() if line.startswith("RESULT "))[7:])
+             for path in run.logs]
+  assert [r["preempted_at"] for r in results] == [2, 2]  # the first agreed check after the signal
+  assert all("saved step 2 on SIGTERM" in path.read_text() for path in run.logs)
+  assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [2]
+  assert (workdir / "checkpoints" / "2" / "commit_success.txt").exists()

@@ -123,7 +123,7 @@ def test_tpu_kernel_selection():
   assert kernel == "xla" and "multiple of 128" in reason
   assert sel(base, decoding=True)[0] == "xla"
   assert sel(base.replace(positions="alibi"))[0] == "xla"
-  assert sel(base.replace(attn_sinks=True))[0] == "reference"
+  assert sel(base.replace(attn_sinks=True))[0] == "splash"  # sinks are native to splash
   assert sel(base.replace(attention_impl="xla"))[0] == "xla"
   assert sel(base.replace(attention_impl="cudnn"))[0] == "xla"
   kernel, reason = sel(base.replace(attention_impl="splash"), backend="gpu", has_segments=False)

@@ -47,7 +47,7 @@ def test_probes_are_deterministic_and_balanced():
     a = statefulness.make_probes(3, num_per_tier=40, distances=(5, 50))
     b = statefulness.make_probes(3, num_per_tier=40, distances=(5, 50))
     assert a == b and a != statefulness.make_probes(4, num_per_tier=40, distances=(5, 50))
-    assert len(a) == 40 * 5
+    assert len(a) == 40 * 7
     assert {p.tier for p in a} == set(statefulness.TIERS)
     for p in a:
         assert 0 <= p.answer < len(p.choices) and len(set(p.choices)) == len(p.choices)
@@ -78,7 +78,8 @@ class ProbeRunTest(chex.TestCase):
     def test_copier_recalls_inside_window_and_forgets_outside(self):
         fwd = self.variant(make_induction_model())
         tok = ByteTokenizer()
-        probes = statefulness.make_probes(0, num_per_tier=6, distances=(2, 40))
+        probes = [p for p in statefulness.make_probes(0, num_per_tier=6, distances=(2, 40))
+                  if statefulness.TIER_OF[p.tier] < 3]
         context = 256
         res = statefulness.run_probes(fwd, tok, probes=probes, context=context, batch_size=8)
         assert res["tiers"]["short_term_recall"]["acc"] == 1.0

@@ -59,7 +59,7 @@ def test_quick_suite_runs_and_reports_skips(tmp_path):
     assert res["tasks"]["gsm8k"]["exact_match_strict"] == pytest.approx(1 / 7)  # only 2+2 = 4
     assert res["tasks"]["sst2"]["num_fewshot"] == 4
     assert set(res["statefulness"]["tiers"]) == {"short_term_recall", "correction", "interrupted_recall",
-                                                  "composition"}
+                                                  "composition", "persona_consistency", "topic_threading"}
     assert any(m.startswith("lambada ") and "/" in m for m in messages)
     md = suite.to_markdown(res)
     assert "| tinystories:valid |" in md and "| sst2 | acc |" in md

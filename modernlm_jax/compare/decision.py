@@ -455,12 +455,52 @@ def verdict(
 # --------------------------------------------------------------------------- from results.json
 
 
-def family_means(results: Mapping, family: str, scale: str) -> dict:
-    """Seed means of the four decision metrics for one family × scale (None where not measured)."""
+LOSS_UNITS = {"val_loss": ("final", "val_loss"), "bpb": ("final", "bpb")}
+UNIT_NAMES = {"val_loss": "validation loss (nats/token)", "bpb": "validation bits/byte"}
+REPEAT_WARNING_EPOCHS = 4.0  # more passes over the same data than this: losses partly measure memorisation
+
+
+def loss_unit(results: Mapping, runs: Sequence[Mapping] | None = None) -> str:
+    """"bpb" when the runs' tokenizers differ (per-token losses are then in different units), else "val_loss".
+
+    Runs record their tokenizer identity; older results without it fall back to the protocol's note
+    that scales use different tokenizers.
+    """
+    runs = results_lib.ok_runs(results) if runs is None else runs
+    ids = {r.get("tokenizer") for r in runs if r.get("tokenizer")}
+    if len(ids) > 1:
+        return "bpb"
+    if not ids and (results.get("protocol") or {}).get("tokenizer_note"):
+        return "bpb"
+    return "val_loss"
+
+
+def scaling_unit(results: Mapping, families: Sequence[str] | None = None) -> str:
+    """The loss unit of the scaling fits: over every successful run of the given (default: all) families."""
+    runs = [r for r in results_lib.ok_runs(results) if families is None or r["family"] in families]
+    return loss_unit(results, runs)
+
+
+def repeated_data(results: Mapping, limit: float = REPEAT_WARNING_EPOCHS) -> list[dict]:
+    """Successful runs whose training passed over its data more than `limit` times."""
+    out = []
+    for r in results_lib.ok_runs(results):
+        epochs = (r.get("data") or {}).get("epochs")
+        if epochs is not None and epochs > limit:
+            out.append({"run": f"{r['family']}-{r['scale']}-s{r['seed']}", "epochs": float(epochs),
+                        "tokens_per_epoch": (r.get("data") or {}).get("tokens_per_epoch")})
+    return out
+
+
+def family_means(results: Mapping, family: str, scale: str, unit: str = "val_loss") -> dict:
+    """Seed means of the four decision metrics for one family × scale (None where not measured).
+
+    `val_loss` holds the loss in `unit` (nats/token, or bits/byte when tokenizers differ).
+    """
     runs = results_lib.ok_runs(results, family=family, scale=scale)
     out: dict[str, float | None] = {}
     for key, path in (
-        ("val_loss", ("final", "val_loss")),
+        ("val_loss", LOSS_UNITS[unit]),
         ("statefulness_score", ("statefulness", "score")),
         ("decode_tok_s", ("inference", "decode_tok_s")),
         ("peak_mem_bytes", ("inference", "peak_mem_bytes")),
@@ -475,23 +515,23 @@ def memory_kinds(results: Mapping, family: str, scale: str) -> set[str]:
     return {r["inference"]["mem_kind"] for r in runs if (r.get("inference") or {}).get("mem_kind")}
 
 
-def family_scaling_points(results: Mapping, family: str) -> list[tuple[str, float, float]]:
-    """(scale, median params, mean val loss) for every scale with a successful run."""
+def family_scaling_points(results: Mapping, family: str, unit: str = "val_loss") -> list[tuple[str, float, float]]:
+    """(scale, median params, mean loss in `unit`) for every scale with a successful run."""
     pts = []
     for scale in results_lib.scales(results):
         runs = results_lib.ok_runs(results, family=family, scale=scale)
-        losses = results_lib.metric_values(runs, ("final", "val_loss"))
+        losses = results_lib.metric_values(runs, LOSS_UNITS[unit])
         if losses:
             params = float(np.median([r["params"] for r in runs]))
             pts.append((scale, params, stats_lib.summarize(losses).mean))
     return pts
 
 
-def family_fit(results: Mapping, family: str) -> dict | None:
-    """Scaling-law fit over the per-seed losses of a family; None with < 2 scales."""
+def family_fit(results: Mapping, family: str, unit: str = "val_loss") -> dict | None:
+    """Scaling-law fit over the per-seed losses (in `unit`) of a family; None with < 2 scales."""
     xs, ys = [], []
     for run in results_lib.ok_runs(results, family=family):
-        v = (run.get("final") or {}).get("val_loss")
+        v = (run.get("final") or {}).get(LOSS_UNITS[unit][1])
         if v is not None:
             xs.append(float(run["params"]))
             ys.append(float(v))
@@ -521,8 +561,10 @@ def verdict_from_results(results: Mapping, candidate: str, baseline: str | None 
         out = verdict({})
         out["reasons"].insert(0, f"no scale has successful runs of both {candidate} and {baseline}")
     else:
-        cand_m = family_means(results, candidate, scale)
-        base_m = family_means(results, baseline, scale)
+        unit = loss_unit(results, results_lib.ok_runs(results, family=candidate, scale=scale)
+                         + results_lib.ok_runs(results, family=baseline, scale=scale))
+        cand_m = family_means(results, candidate, scale, unit)
+        base_m = family_means(results, baseline, scale, unit)
         kinds = memory_kinds(results, candidate, scale) | memory_kinds(results, baseline, scale)
         mem_note = None
         if len(kinds) > 1:
@@ -535,17 +577,44 @@ def verdict_from_results(results: Mapping, candidate: str, baseline: str | None 
             for r in results_lib.ok_runs(results, family=candidate)
             if (r.get("curves") or {}).get("train_loss")
         }
-        points = family_scaling_points(results, candidate)
-        checks = scaling_checks(points, family_fit(results, baseline)) if len(points) >= 2 else None
+        s_unit = scaling_unit(results, [candidate, baseline])
+        points = family_scaling_points(results, candidate, s_unit)
+        checks = scaling_checks(points, family_fit(results, baseline, s_unit)) if len(points) >= 2 else None
         out = verdict(ratios, candidate_curves=curves or None, scaling=checks)
         out["candidate_metrics"], out["baseline_metrics"] = cand_m, base_m
+        out["loss_unit"], out["scaling_unit"] = unit, s_unit
         out["scaling_checks"] = checks or []
         if mem_note:
             out["reasons"].append(mem_note)
         if cand_m["val_loss"] is not None and base_m["val_loss"] is not None:
             out["loss_interpretation"] = interpret_loss(cand_m["val_loss"], base_m["val_loss"])
     out.update({"candidate": candidate, "baseline": baseline, "scale": scale})
+    _apply_smoke_gate(out, results.get("smoke"))
+    out["warnings"] = [f"{r['run']} repeats its training data {r['epochs']:.1f} times (> {REPEAT_WARNING_EPOCHS:g}; "
+                       f"{r['tokens_per_epoch'] or '?'} tokens per epoch): its losses partly measure memorisation"
+                       for r in repeated_data(results)]
     return out
+
+
+def _apply_smoke_gate(out: dict, smoke: Mapping | None) -> None:
+    """A failed smoke check makes the verdict FIX FIRST, unless the comparison ran with the gate off."""
+    checks = smoke_checks(smoke) if smoke else []
+    failed = [c for c in checks if c["passed"] is False]
+    gate = bool((smoke or {}).get("gate", True))
+    out["smoke_checks"], out["smoke_gate"] = checks, gate
+    out["smoke_failed"] = [c["name"] for c in failed]
+    if not failed:
+        return
+    names = ", ".join(c["name"] for c in failed)
+    if gate:
+        if out["decision"] != FIX_FIRST:
+            out["reasons"].insert(0, f"(without the smoke gate the verdict would be {out['decision']})")
+        out["decision"] = FIX_FIRST
+        out["reasons"].insert(0, f"smoke check(s) failed: {names} — the protocol says fix these before trusting a "
+                                 "comparison; " + "; ".join(f"{c['name']}: {c['detail']}" for c in failed))
+    else:
+        out["reasons"].insert(0, f"smoke check(s) failed: {names}; the verdict is NOT gated on them because the "
+                                 "comparison ran with compare.smoke.gate=False")
 
 
 # --------------------------------------------------------------------------- smoke protocol

@@ -27,6 +27,7 @@ from modernlm_jax.config_base import model_config_dict
 from modernlm_jax.model import ModelConfig, scales
 
 TOKENIZER_KINDS = ("auto", "gpt2", "sentencepiece", "bytes")
+BUDGETS = ("tokens", "flops")
 # Train / data keys a variant may not touch: changing them would break the matched protocol.
 _PROTOCOL_TRAIN_KEYS = ("steps", "batch_size")
 _PROTOCOL_DATA_KEYS = ("source", "val_source", "seq_len")
@@ -107,6 +108,7 @@ def plan(config) -> list[Member]:
     raise ValueError(f"compare.baseline={baseline!r} is not one of compare.families {arm_names}")
   for name in variant_names(config):
     _check_variant_keys(config, name)
+  budget_kind(config)
   return [Member(arm, families[arm], scale, seed) for scale in scale_names for seed in seeds for arm in arm_names]
 
 
@@ -120,6 +122,54 @@ def _check_variant_keys(config, name: str) -> None:
   if fixed:
     raise ValueError(f"compare.variants.{name} overrides {fixed}, which every member must share (the matched "
                      "protocol); set them on the comparison itself (train.*, data.*)")
+
+
+# --------------------------------------------------------------------------- data
+
+# The real corpus a comparison trains on by default: Project Gutenberg books (one document per book,
+# long contexts) and WikiText-2 train (one document per paragraph), mixed in proportion to their sizes.
+SHARED_BOOKS, SHARED_WIKITEXT = "gutenberg", "wikitext2/train.txt"
+
+
+def shared_data_root() -> Path:
+  """`$MODERNLM_SHARED_DATA`, else `../shared/data` next to the repository."""
+  from modernlm_jax.data.posttrain_pipeline import shared_data_root as root
+
+  return root()
+
+
+def shared_corpus_source(root: str | Path | None = None) -> str:
+  """The `data.source` spec of the shared Gutenberg + WikiText-2 train text, or "" when it is absent."""
+  root = Path(root) if root is not None else shared_data_root()
+  books, wiki = root / SHARED_BOOKS, root / SHARED_WIKITEXT
+  book_files = sorted(books.glob("*.txt")) if books.is_dir() else []
+  if not book_files or not wiki.is_file():
+    return ""
+  # Weights are shares of the mixed corpus; sizes as weights keep each part at about its natural size.
+  return (f"mix:{sum(f.stat().st_size for f in book_files)}=text@file:{books}/*.txt,"
+          f"{wiki.stat().st_size}=text@blank:{wiki}")
+
+
+def check_data_source(config) -> None:
+  """Stops a comparison before any work when it has no training corpus (a preset found no shared data)."""
+  if str(config.data.source).strip():
+    return
+  raise ValueError(
+      f"compare preset {str(config.get('preset', ''))!r} trains on a real corpus, and none was found: the shared "
+      f"Gutenberg + WikiText-2 text is not under {shared_data_root()} (set $MODERNLM_SHARED_DATA to the shared data "
+      "folder). Pass --config.data.source=text:/path/to/*.txt (any corpus; see modernlm_jax/data/sources.py), or "
+      "--config.data.source=builtin to accept the small embedded corpus, which a comparison of this size would "
+      "repeat many times over.")
+
+
+def resolve_data_root(config) -> tuple[str, str]:
+  """(folder, "") with the task / perplexity data, or ("", reason) when there is none to use."""
+  value = str(config.compare.data_root).strip()
+  root = Path(value).expanduser() if value else shared_data_root()
+  if root.is_dir():
+    return str(root), ""
+  how = "compare.data_root" if value else "the shared data folder ($MODERNLM_SHARED_DATA or ../shared/data)"
+  return "", f"no task data: {how} {root} does not exist; set --config.compare.data_root"
 
 
 # --------------------------------------------------------------------------- models
@@ -198,6 +248,7 @@ def member_config(config, member: Member, tokenizer_cfg) -> ml_collections.Confi
   m.init_from = ""
   m.tokenizer = ml_collections.ConfigDict(tokenizer_cfg.to_dict())
   m.model = model_config_dict(model_config(config, member))
+  m.train.steps = member_steps(config, member)
   variants = config.compare.get("variants") or {}
   if member.arm in variants:
     v = variants[member.arm]
@@ -210,15 +261,63 @@ def member_config(config, member: Member, tokenizer_cfg) -> ml_collections.Confi
   return m
 
 
+# --------------------------------------------------------------------------- budgets
+
+
+def budget_kind(config) -> str:
+  kind = str(config.compare.get("budget", "tokens"))
+  if kind not in BUDGETS:
+    raise ValueError(f"compare.budget={kind!r} is not valid; choose one of {list(BUDGETS)} (tokens: every member "
+                     "trains train.steps; flops: each member's steps match the baseline's training FLOPs)")
+  return kind
+
+
+def _flops_per_step(config, member: Member) -> float:
+  from modernlm_jax.train.flops import flops_per_token
+
+  seq_len, batch = int(config.data.seq_len), int(config.train.batch_size)
+  return flops_per_token(model_config(config, member), seq_len) * batch * seq_len
+
+
+def baseline_member(config, member: Member) -> Member:
+  base = str(config.compare.baseline)
+  return Member(base, arm_family(config, base), member.scale, member.seed)
+
+
+def member_steps(config, member: Member) -> int:
+  """train.steps for the token budget; with compare.budget=flops, the step count whose training FLOPs (the MFU
+  counter, train/flops.py) come closest to the baseline's train.steps at the same scale."""
+  steps = int(config.train.steps)
+  if budget_kind(config) == "tokens" or member.arm == str(config.compare.baseline):
+    return steps
+  target = _flops_per_step(config, baseline_member(config, member)) * steps
+  return max(1, int(round(target / _flops_per_step(config, member))))
+
+
+def budget_entry(config, member: Member) -> dict:
+  """The budget block of a member: steps, tokens and training FLOPs, and what was matched."""
+  steps = member_steps(config, member)
+  tokens_per_step = int(config.train.batch_size) * int(config.data.seq_len)
+  flops = _flops_per_step(config, member) * steps
+  base_flops = _flops_per_step(config, baseline_member(config, member)) * int(config.train.steps)
+  return {"kind": budget_kind(config), "steps": steps, "tokens": steps * tokens_per_step, "train_flops": flops,
+          "baseline_train_flops": base_flops, "flops_vs_baseline": flops / base_flops}
+
+
 def protocol(config, tokenizers: dict[str, tuple[Any, Any]]) -> dict:
   """The `protocol` block of results.json: everything all members share."""
   t, d = config.train, config.data
   seq_len, batch = int(d.seq_len), int(t.batch_size)
   idents = {scale: tok.identity for scale, (tok, _) in tokenizers.items()}
   distinct = sorted(set(idents.values()))
+  from modernlm_jax.data.pipeline import scheduled_tokens
+
+  data_root, root_reason = resolve_data_root(config)
+  suite = str(config.compare.suite)
+  corpora = str(config.compare.get("perplexity", "")).strip()
   proto: dict[str, Any] = {
       "data_source": str(d.source) + (f" (validation: {d.val_source})" if d.val_source else ""),
-      "token_budget": int(t.steps) * batch * seq_len,
+      "token_budget": scheduled_tokens(d, int(t.steps), batch),  # the batches' real lengths under a schedule
       "schedule": {"kind": str(t.schedule), "steps": int(t.steps), "warmup_steps": int(t.warmup_steps),
                    "max_lr": float(t.lr), "min_lr_ratio": float(t.min_lr_ratio)},
       "batch_size": batch,
@@ -229,11 +328,19 @@ def protocol(config, tokenizers: dict[str, tuple[Any, Any]]) -> dict:
       "optimizer": {"name": "adamw", "b1": float(t.b1), "b2": float(t.b2), "weight_decay": float(t.weight_decay),
                     "grad_clip": float(t.grad_clip)},
       "batch_order": "identical for every family at a seed (data order depends only on the seed)",
-      "downstream_tasks": (f"suite {str(config.compare.suite)!r}" if str(config.compare.suite)
-                           else "not run: compare.suite is empty (set it to 'quick' or 'full' and compare.data_root)"),
+      "downstream_tasks": ((f"suite {suite!r} (data: {data_root})" if data_root else f"skipped: {root_reason}")
+                           if suite else "not run: compare.suite is empty (set it to 'quick' or 'full')"),
+      "perplexity_corpora": ((corpora + (f" (data: {data_root})" if data_root else f" — skipped: {root_reason}"))
+                             + (f"; first {int(config.compare.perplexity_max_chars):,} characters of each"
+                                if int(config.compare.get("perplexity_max_chars", 0)) > 0 else "")
+                             if corpora else "none (compare.perplexity is empty)"),
   }
   if str(d.seq_len_schedule):
     proto["seq_len_schedule"] = str(d.seq_len_schedule)
+  if budget_kind(config) == "flops":
+    proto["budget"] = "flops"
+    proto["budget_note"] = ("compute-matched: each member's steps are set so its training FLOPs match the baseline's "
+                            "at train.steps; token_budget is the baseline's")
   if str(config.compare.decision_scale):
     proto["decision_scale"] = str(config.compare.decision_scale)
   if len(distinct) > 1:
@@ -257,4 +364,4 @@ def _describe_variant(v) -> str:
 
 
 PROTOCOL_IDENTITY_KEYS = ("data_source", "token_budget", "schedule", "batch_size", "seq_len", "tokenizer",
-                          "optimizer", "seq_len_schedule")
+                          "optimizer", "seq_len_schedule", "budget")

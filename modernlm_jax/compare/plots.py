@@ -96,8 +96,10 @@ def plot_val_curves(results: Mapping, path: Path) -> dict:
     return {"path": _save(fig, path), "notes": []}
 
 
-def plot_scaling_law(results: Mapping, fits: Mapping[str, dict | None], path: Path) -> dict:
-    """Final validation loss vs parameters on log-log axes, seed points, means and fitted laws."""
+def plot_scaling_law(results: Mapping, fits: Mapping[str, dict | None], path: Path, unit: str = "val_loss") -> dict:
+    """Final validation loss (`unit`: "val_loss" nats/token or "bpb" bits/byte) vs parameters on log-log axes,
+    seed points, means and fitted laws."""
+    key = {"val_loss": "val_loss", "bpb": "bpb"}[unit]
     fig, (ax,) = _new_figure()
     colors = _family_color(results)
     notes, drawn = [], 0
@@ -106,11 +108,11 @@ def plot_scaling_law(results: Mapping, fits: Mapping[str, dict | None], path: Pa
         raise MissingPlotData("no successful runs, so there are no (parameters, loss) points")
     n_grid = np.geomspace(min(all_n) / 1.3, max(all_n) * 1.3, 200)
     for fam in results_lib.families(results):
-        runs = [r for r in results_lib.ok_runs(results, family=fam) if r["final"].get("val_loss") is not None]
+        runs = [r for r in results_lib.ok_runs(results, family=fam) if r["final"].get(key) is not None]
         if not runs:
             continue
         n = np.array([r["params"] for r in runs], dtype=float)
-        y = np.array([r["final"]["val_loss"] for r in runs], dtype=float)
+        y = np.array([r["final"][key] for r in runs], dtype=float)
         ax.scatter(n, y, color=colors[fam], alpha=0.45, s=18)
         means = []
         for scale in results_lib.scales(results):
@@ -132,7 +134,7 @@ def plot_scaling_law(results: Mapping, fits: Mapping[str, dict | None], path: Pa
     ax.yaxis.set_minor_formatter(FormatStrFormatter("%.2f"))
     ax.tick_params(axis="y", which="minor", labelsize=7)
     ax.set_xlabel("parameters N")
-    ax.set_ylabel("final validation loss")
+    ax.set_ylabel("final validation bits/byte" if unit == "bpb" else "final validation loss (nats/token)")
     ax.set_title("Scaling law L(N) = a·N^(−b) + c")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)

@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from modernlm_jax.compare import decision, plots
+from modernlm_jax.compare import decision, plots, protocol_report
 from modernlm_jax.compare import results as results_lib
 from modernlm_jax.compare import stats as stats_lib
 from modernlm_jax.compare.scaling import growth_label
@@ -104,6 +104,8 @@ def _verdict_section(results: Mapping) -> tuple[list[str], list[dict]]:
     fams = results_lib.families(results)
     lines = ["## Verdict", ""]
     verdicts = []
+    if (results.get("smoke") or {}).get("stopped_before_training"):
+        return lines + _smoke_stop_verdict(results), verdicts
     if base not in fams:
         lines.append(
             f"No verdict: the baseline family `{base}` has no runs in results.json "
@@ -121,12 +123,16 @@ def _verdict_section(results: Mapping) -> tuple[list[str], list[dict]]:
         lines.append(f"**Verdict — {cand} vs {base} at {scale}: {v['decision']}**")
         lines.append("")
         lines += [f"- {r}" for r in v["reasons"]]
+        lines += [f"- WARNING: {w}" for w in v.get("warnings") or []]
         lines.append("")
+        lines += _verdict_audit(v)
         if v["scale"] is None:
             continue
         rows = []
         for key in decision.RATIO_KEYS:
             src, label, fmt = _RATIO_INPUT[key]
+            if key == "loss_ratio":
+                label = decision.UNIT_NAMES[v.get("loss_unit", "val_loss")]
             cv, bv = v["candidate_metrics"][src], v["baseline_metrics"][src]
             if src == "peak_mem_bytes":
                 cv = None if cv is None else cv / 2**20
@@ -162,7 +168,8 @@ def _verdict_section(results: Mapping) -> tuple[list[str], list[dict]]:
         if li:
             cl, bl = v["candidate_metrics"]["val_loss"], v["baseline_metrics"]["val_loss"]
             lines.append(
-                f"Interpretation guide: loss {cl:.4f} vs {bl:.4f} (ratio {li['ratio']:.3f}) → {li['label']} ({li['action']})."
+                f"Interpretation guide: {decision.UNIT_NAMES[v.get('loss_unit', 'val_loss')]} {cl:.4f} vs {bl:.4f} "
+                f"(ratio {li['ratio']:.3f}) → {li['label']} ({li['action']})."
             )
         lines.append("")
         lines += _table(
@@ -179,6 +186,116 @@ def _verdict_section(results: Mapping) -> tuple[list[str], list[dict]]:
         "alongside because it is more permissive (any ratio > 1.1 counts as an advantage)."
     )
     return lines + [""], verdicts
+
+
+def _smoke_stop_verdict(results: Mapping) -> list[str]:
+    """The verdict when the smoke gate stopped the comparison before full training."""
+    checks = decision.smoke_checks(results.get("smoke"))
+    failed = [c for c in checks if c["passed"] is False]
+    lines = ["**Verdict: FIX FIRST** — the smoke protocol failed before full training, so no member was trained "
+             "to the budget and no family comparison was made.", ""]
+    lines += [f"- smoke check(s) failed: {', '.join(c['name'] for c in failed)}"]
+    lines += [f"- {c['name']}: {c['detail']}" for c in failed]
+    lines += ["- fix the failing check(s), or rerun with --config.compare.smoke.gate=False to go on anyway", ""]
+    v = {"smoke_checks": checks, "smoke_gate": True, "red_lines": [], "ratios": {}, "tiers": {},
+         "graduation": {"passed": False, "reason": "not evaluated: no trained members"}, "decision": decision.FIX_FIRST}
+    return lines + _verdict_audit(v)
+
+
+def _verdict_audit(v: Mapping) -> list[str]:
+    """Every number the verdict used, beside the rule it fed, in the order the rules are applied."""
+    on = {True: "YES", False: "no", None: "not evaluated"}
+    rows = []
+    for c in v.get("smoke_checks") or []:
+        outcome = {True: "pass", False: "FAIL", None: "not run"}[c["passed"]]
+        gate = "gates the verdict" if v.get("smoke_gate", True) else "not gating (compare.smoke.gate=False)"
+        rows.append(["1 smoke " + c["name"], c["detail"], f"{outcome}; {gate}"])
+    for r in v.get("red_lines") or []:
+        rows.append(["2 red line " + r["name"], f"{r['detail']} (rule: {r['rule']})", f"fired: {on[r['triggered']]}"])
+    ratios, tiers = v.get("ratios") or {}, v.get("tiers") or {}
+    lr = ratios.get("loss_ratio")
+    unit = decision.UNIT_NAMES[v.get("loss_unit", "val_loss")]
+    rows.append(["3 loss gate", f"loss ratio {_num(lr, '{:.4f}')} ({unit}, candidate / baseline)",
+                 "not measured" if lr is None else
+                 (f"within ≤ {decision.LOSS_GATE}" if tiers.get("loss_ratio") != decision.BELOW else f"> {decision.LOSS_GATE}: fails")])
+    tier_txt = ", ".join(f"{k} {_num(ratios.get(k), '{:.3f}')} → {_TIER_NAMES[tiers.get(k, decision.MISSING)]}"
+                         for k in decision.RATIO_KEYS)
+    grad = v.get("graduation") or {}
+    rows.append(["4 graduation (≥ 1 Excellent or ≥ 2 Promising)", tier_txt,
+                 f"{'met' if grad.get('passed') else 'not met'}: {grad.get('reason', '-')}"])
+    rows.append(["verdict", "first of: smoke FAIL (gated) → FIX FIRST; red line → STOP; loss gate fails or graduation "
+                 "not met → FIX FIRST; else GO", v["decision"]])
+    return ["Verdict audit (re-derive the verdict from these rows):", ""] + _table(["rule", "input", "outcome"], rows) + [""]
+
+
+def _data_section(results: Mapping) -> list[str]:
+    """Tokens trained, tokens per pass over the data and passes made, per successful run."""
+    lines = ["## Training data", ""]
+    rows = []
+    for r in results_lib.ok_runs(results):
+        d = r.get("data") or {}
+        epochs = d.get("epochs")
+        flag = "" if epochs is None or epochs <= decision.REPEAT_WARNING_EPOCHS else " (repeats its data: > 4 epochs)"
+        rows.append([r["family"], r["scale"], r["seed"], _int(d.get("tokens_seen")), _int(d.get("tokens_per_epoch")),
+                     (_num(epochs, "{:.2f}") if epochs is not None else "not recorded") + flag])
+    if not rows:
+        return lines + ["No successful runs.", ""]
+    return lines + _table(["family", "scale", "seed", "tokens trained", "tokens / epoch", "epochs"], rows) + [""]
+
+
+def _int(x) -> str:
+    return "not recorded" if x is None else f"{int(x):,}"
+
+
+def _corpora_section(results: Mapping) -> list[str]:
+    """Bits per byte (tokenizer-independent) and perplexity on the named corpora; skipped corpora with reasons."""
+    lines = ["## Language-modelling corpora (bits/byte; perplexity in each run's own tokens)", ""]
+    runs = results_lib.ok_runs(results)
+    names = list(dict.fromkeys([c for r in runs for c in (r.get("perplexity") or {})]
+                               + [c for r in runs for c in ((r.get("skipped") or {}).get("perplexity") or {})]))
+    if not names:
+        return lines + ["Not run: no successful run has a `perplexity` entry (compare.perplexity was empty).", ""]
+    rows = []
+    for scale in results_lib.scales(results):
+        for fam in results_lib.families(results):
+            fruns = results_lib.ok_runs(results, family=fam, scale=scale)
+            if not fruns:
+                continue
+            cells = []
+            for c in names:
+                bpb = _summary(fruns, ("perplexity", c, "bpb"))
+                if bpb is None:
+                    why = next((str(((r.get("skipped") or {}).get("perplexity") or {}).get(c)) for r in fruns
+                                if ((r.get("skipped") or {}).get("perplexity") or {}).get(c)), "not measured")
+                    cells.append(f"skipped: {why}")
+                else:
+                    cells.append(f"{_fmt_summary(bpb)} bpb / ppl {_fmt_summary(_summary(fruns, ('perplexity', c, 'ppl')), 2)}")
+            rows.append([scale, fam] + cells)
+    lines += _table(["scale", "family"] + names, rows)
+    return lines + ["", "Bits per byte compare across tokenizers; perplexity only between runs that share one.", ""]
+
+
+def _tasks_section(results: Mapping) -> list[str]:
+    """Downstream task accuracy per scale × family; a task that did not run says why (never dropped)."""
+    runs = results_lib.ok_runs(results)
+    names = list(dict.fromkeys([t for r in runs for t in (r.get("tasks") or {})]
+                               + [t for r in runs for t in ((r.get("skipped") or {}).get("tasks") or {})]))
+    if not names:
+        return []
+    rows = []
+    for scale in results_lib.scales(results):
+        for fam in results_lib.families(results):
+            fruns = results_lib.ok_runs(results, family=fam, scale=scale)
+            if not fruns:
+                continue
+            cells = []
+            for t in names:
+                acc = _summary(fruns, ("tasks", t))
+                why = next((str(((r.get("skipped") or {}).get("tasks") or {}).get(t)) for r in fruns
+                            if ((r.get("skipped") or {}).get("tasks") or {}).get(t)), None)
+                cells.append(_fmt_summary(acc, 3) if acc is not None else f"skipped: {why or 'not measured'}")
+            rows.append([scale, fam] + cells)
+    return ["### Downstream tasks (accuracy)", ""] + _table(["scale", "family"] + names, rows) + [""]
 
 
 def _protocol_section(results: Mapping) -> list[str]:
@@ -224,7 +341,8 @@ def _lm_section(results: Mapping) -> list[str]:
                 ]
             )
         lines += [f"### Scale {scale}", ""]
-        lines += _table(["family", "params", "val loss", "perplexity", "bits/byte", "Δ loss vs " + base, "marks (loss / ppl)"], rows)
+        lines += _table(["family", "params", "val loss (nats/token)", "perplexity", "bits/byte", "Δ loss vs " + base,
+                         "marks (loss / ppl)"], rows)
         lines.append("")
     lines.append(
         "Mean ± sample std over seeds. Marks: `*` significant by the protocol's rule "
@@ -232,16 +350,10 @@ def _lm_section(results: Mapping) -> list[str]:
         "`n/a` significance undefined with a single seed."
     )
     lines.append("")
-    task_names = sorted({t for r in results_lib.ok_runs(results) for t in (r.get("tasks") or {})})
-    if task_names:
-        lines += ["### Downstream tasks (accuracy)", ""]
-        rows = []
-        for scale in results_lib.scales(results):
-            for fam in results_lib.families(results):
-                runs = results_lib.ok_runs(results, family=fam, scale=scale)
-                if runs:
-                    rows.append([scale, fam] + [_fmt_summary(_summary(runs, ("tasks", t)), 3) for t in task_names])
-        lines += _table(["scale", "family"] + task_names, rows) + [""]
+    if decision.loss_unit(results) == "bpb":
+        lines += ["Runs use different tokenizers, so per-token losses and perplexities compare only within a scale; "
+                  "across scales (scaling fit, its plot and red line) the unit is bits/byte.", ""]
+    lines += _tasks_section(results)
     return lines
 
 
@@ -338,13 +450,15 @@ def _inference_section(results: Mapping, fig: dict | str) -> list[str]:
 
 def _scaling_section(results: Mapping, fits: Mapping[str, dict | None], fig: dict | str) -> list[str]:
     base = results_lib.baseline_family(results)
-    lines = ["## Scaling law", ""]
+    unit = decision.scaling_unit(results)
+    lines = ["## Scaling law", "", f"Unit: {decision.UNIT_NAMES[unit]}"
+             + (" (the runs' tokenizers differ, so per-token losses are not comparable)." if unit == "bpb" else "."), ""]
     rows = []
     missing = []
     for fam in results_lib.families(results):
         fit = fits.get(fam)
         if fit is None:
-            n = len(decision.family_scaling_points(results, fam))
+            n = len(decision.family_scaling_points(results, fam, unit))
             missing.append(f"`{fam}`: {n} successful scale(s), a fit needs at least 2")
             continue
         rows.append([fam, f"{fit['a']:.4g}", f"{fit['b']:.4f}", f"{fit['c']:.4f}", fit["kind"], fit["n_scales"], fit["n_points"], f"{fit['rms_residual']:.2e}", fit["note"]])
@@ -356,7 +470,7 @@ def _scaling_section(results: Mapping, fits: Mapping[str, dict | None], fig: dic
     check_rows = []
     base_fit = fits.get(base)
     for fam in results_lib.families(results):
-        pts = decision.family_scaling_points(results, fam)
+        pts = decision.family_scaling_points(results, fam, unit)
         if len(pts) < 2:
             continue
         for c in decision.scaling_checks(pts, base_fit):
@@ -371,7 +485,8 @@ def _scaling_section(results: Mapping, fits: Mapping[str, dict | None], fig: dic
             "own law when fitted through 2 scales).",
             "",
         ]
-        lines += _table(["family", "step", "mean val loss", "observed gain", "required gain", "check"], check_rows) + [""]
+        lines += _table(["family", "step", f"mean {decision.UNIT_NAMES[unit]}", "observed gain", "required gain", "check"],
+                        check_rows) + [""]
     lines.append("A steeper b means more parameter-efficient; the protocol expects the families' curves to run parallel.")
     lines.append("")
     _figure(lines, fig, "scaling law")
@@ -409,7 +524,19 @@ def _smoke_section(results: Mapping) -> list[str]:
     if smoke.get("scale"):
         lines += [f"Scale: {smoke['scale']}.", ""]
     rows = [[c["name"], {True: "pass", False: "FAIL", None: "not run"}[c["passed"]], c["detail"]] for c in decision.smoke_checks(smoke)]
-    return lines + _table(["check", "result", "detail"], rows) + [""]
+    return lines + _table(["check", "result", "detail"], rows) + [""] + _smoke_gate_lines(smoke)
+
+
+def _smoke_gate_lines(smoke: Mapping) -> list[str]:
+    lines = []
+    if smoke.get("gate", True):
+        lines.append("Gate: on — the checks ran before full training; a failed check makes the verdict FIX FIRST.")
+    else:
+        lines.append("Gate: OFF (compare.smoke.gate=False) — the comparison went on whatever the checks said.")
+    if smoke.get("stopped_before_training"):
+        lines.append("A check failed, so full training was not started.")
+    lines += [f"- {fam}: could not complete: {err}" for fam, err in (smoke.get("errors") or {}).items()]
+    return lines + [""]
 
 
 def _failed_section(results: Mapping) -> list[str]:
@@ -446,10 +573,11 @@ def write_report(results: Mapping, out_dir: str | Path) -> Path:
     for name in FIGURES.values():
         # A stale figure from an earlier run must not survive next to a report that says it is missing.
         (out_dir / name).unlink(missing_ok=True)
-    fits = {fam: decision.family_fit(results, fam) for fam in results_lib.families(results)}
+    unit = decision.scaling_unit(results)
+    fits = {fam: decision.family_fit(results, fam, unit) for fam in results_lib.families(results)}
     figs = {
         "val_curves": _draw(plots.plot_val_curves, results, out_dir / FIGURES["val_curves"]),
-        "scaling_law": _draw(plots.plot_scaling_law, results, fits, out_dir / FIGURES["scaling_law"]),
+        "scaling_law": _draw(plots.plot_scaling_law, results, fits, out_dir / FIGURES["scaling_law"], unit),
         "context_scaling": _draw(plots.plot_context_scaling, results, out_dir / FIGURES["context_scaling"]),
         "statefulness": _draw(plots.plot_statefulness, results, out_dir / FIGURES["statefulness"]),
     }
@@ -457,13 +585,16 @@ def write_report(results: Mapping, out_dir: str | Path) -> Path:
     verdict_lines, _ = _verdict_section(results)
     lines += verdict_lines
     lines += _protocol_section(results)
+    lines += _data_section(results)
     lines += _lm_section(results)
     _figure(lines, figs["val_curves"], "validation loss curves")
+    lines += _corpora_section(results)
     lines += _statefulness_section(results, figs["statefulness"])
     lines += _inference_section(results, figs["context_scaling"])
     lines += _scaling_section(results, fits, figs["scaling_law"])
     lines += _stability_section(results)
     lines += _smoke_section(results)
+    lines += protocol_report.sections(results, out_dir)  # budgets, chance-corrected score, long context, dialogue, reverse test
     lines += _failed_section(results)
     path = out_dir / REPORT_NAME
     text = "\n".join(lines).rstrip() + "\n"

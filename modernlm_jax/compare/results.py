@@ -35,6 +35,11 @@ rejected: a diverged run is ``status: "failed"`` with an ``error``)::
           },
           "final": {"val_loss": float, "ppl": float, "bpb": float|null, "grad_norm_init": float|null, ...},
           "tasks": {name: float, ...},                                     # optional, accuracies in [0, 1]
+          "tokenizer": str,                                                # optional: the run's tokenizer identity
+          "perplexity": {corpus: {"bpb": float, "ppl": float, "nats_per_token": float,
+                                  "tokens": int, "bytes": int, "context": int}},   # optional (WikiText-2/103, PTB)
+          "skipped": {"tasks": {name: reason}, "perplexity": {corpus: reason}},  # optional: what could not run, why
+          "data": {"tokens_seen": int, "tokens_per_epoch": int|null, "epochs": float|null},  # optional
           "statefulness": {                                                # optional
             "by_tier":     {tier: float, ...},                             # accuracy per probe tier
             "by_distance": {"<distance>": float, ...},                     # accuracy vs distance (tokens/turns)
@@ -55,11 +60,17 @@ rejected: a diverged run is ``status: "failed"`` with an ``error``)::
         "scale": str,
         "data_fraction": {"fraction": float, "by_family": {family: {"tokens": [...], "train_loss": [...]}}},
         "overfit":       {"size": int, "unit": "examples" | "tokens", "by_family": {family: {"final_loss": float}}},
-        "grad_norm":     {"by_family": {family: float}}
+        "grad_norm":     {"by_family": {family: float}},
+        "gate":          bool,          # optional, default true: a failed check makes the verdict FIX FIRST
+        "stopped_before_training": bool,   # optional: the gate stopped the comparison before full training
+        "errors":        {family: str}  # optional: a check that could not run for a family, and why
       }
     }
 
 `(family, scale, seed)` identifies a run and must be unique.
+
+Optional run keys `budget`, `long_context`, `dialogue`, `statefulness.chance_corrected` and the top-level
+`reverse_test` are documented in `modernlm_jax.compare.protocol_report`, which renders them.
 """
 
 from __future__ import annotations
@@ -103,6 +114,7 @@ def make_run(
     statefulness: Mapping | None = None,
     inference: Mapping | None = None,
     error: str | None = None,
+    **optional: Any,
 ) -> dict:
     """One run entry; passing `error` marks it failed (whatever partial data is also given is kept)."""
     run: dict[str, Any] = {
@@ -116,7 +128,16 @@ def make_run(
     for key, value in (("curves", curves), ("final", final), ("tasks", tasks), ("statefulness", statefulness), ("inference", inference)):
         if value is not None:
             run[key] = copy.deepcopy(dict(value))
+    unknown = set(optional) - set(OPTIONAL_RUN_KEYS)
+    if unknown:
+        raise ValueError(f"make_run got unknown keys {sorted(unknown)}; optional keys are {list(OPTIONAL_RUN_KEYS)}")
+    for key, value in optional.items():
+        if value is not None:
+            run[key] = copy.deepcopy(value)
     return run
+
+
+OPTIONAL_RUN_KEYS = ("tokenizer", "perplexity", "skipped", "data")
 
 
 def add_run(results: dict, run: Mapping) -> dict:
@@ -262,7 +283,29 @@ def _validate_run(run: Any, where: str) -> list[str]:
     inf = run.get("inference")
     if inf is not None:
         problems += _validate_inference(inf, f"{where}.inference")
+    problems += _validate_optional(run, where)
     problems += [f"{where}: {p} is NaN/inf; store null instead" for p in _non_finite_paths(run, "")]
+    return problems
+
+
+def _validate_optional(run: Mapping, where: str) -> list[str]:
+    problems = []
+    if "tokenizer" in run and not isinstance(run["tokenizer"], str):
+        problems.append(f"{where}.tokenizer must be the tokenizer identity string")
+    ppl = run.get("perplexity")
+    if ppl is not None:
+        if not isinstance(ppl, Mapping) or not all(
+                isinstance(v, Mapping) and all(_is_num(x) or x is None for x in v.values()) for v in ppl.values()):
+            problems.append(f"{where}.perplexity must map corpus names to {{bpb, ppl, ...: number}}")
+    sk = run.get("skipped")
+    if sk is not None:
+        if not isinstance(sk, Mapping) or not all(
+                isinstance(v, Mapping) and all(isinstance(x, str) and x for x in v.values()) for v in sk.values()):
+            problems.append(f"{where}.skipped must map a part (tasks, perplexity) to {{name: non-empty reason}}")
+    data = run.get("data")
+    if data is not None:
+        if not isinstance(data, Mapping) or not all(_is_num(v) or v is None for v in data.values()):
+            problems.append(f"{where}.data must map tokens_seen / tokens_per_epoch / epochs to numbers or null")
     return problems
 
 

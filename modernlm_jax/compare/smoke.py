@@ -7,12 +7,15 @@
 - data fraction: each family's training-loss points over the first `data_fraction` of the token
   budget (extended to `min_points` logged points when the run logs too sparsely for a slope).
 
-The checks themselves (thresholds, pass/fail) live in `eval.decision.smoke_checks`.
+The checks themselves (thresholds, pass/fail) live in `compare.decision.smoke_checks`; the
+comparison runs them before full training and a failed check stops it with FIX FIRST unless
+`compare.smoke.gate=False` (see `jobs/compare.py`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 
 import jax
 import numpy as np
@@ -50,6 +53,12 @@ def overfit(member_cfg, batch: dict, *, steps: int, lr: float) -> dict:
       first = float(m["loss"])
   last = float(m["loss"])
   return {"first_loss": first, "final_loss": last, "steps": steps}
+
+
+def fraction_steps(total_steps: int, fraction: float, min_points: int, log_every: int) -> int:
+  """Steps of the 1 %-data test: `fraction` of the run, but enough for `min_points` logged losses."""
+  want = max(math.ceil(fraction * total_steps), (max(min_points, 2) - 1) * max(log_every, 1), 1)
+  return min(int(want), int(total_steps))
 
 
 def data_fraction_curve(curves: dict, token_budget: int, fraction: float, min_points: int) -> tuple[dict, float]:

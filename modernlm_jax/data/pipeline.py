@@ -150,6 +150,19 @@ def seq_len_at_step(data_cfg: Any, step: int) -> int:
     return _length_at(parse_seq_len_schedule(settings.seq_len_schedule, settings.seq_len), step)
 
 
+def scheduled_tokens(data_cfg: Any, steps: int, global_batch_size: int) -> int:
+    """Tokens in the first ``steps`` training batches: rows × each step's scheduled sequence length."""
+    settings = DataSettings.from_config(data_cfg)
+    total, done = 0, 0
+    for until, length in parse_seq_len_schedule(settings.seq_len_schedule, settings.seq_len):
+        end = steps if until < 0 else min(until, steps)
+        total += max(end - done, 0) * length
+        done = max(done, end)
+        if done >= steps:
+            break
+    return total * int(global_batch_size)
+
+
 def _length_at(schedule: tuple[tuple[int, int], ...], step: int) -> int:
     for until, length in schedule:
         if until < 0 or step < until:
@@ -379,6 +392,11 @@ class TrainIterator(StepIndexedIterator):
     @property
     def steps_per_epoch(self) -> float:
         return self._blocks.blocks_per_epoch / self._global_batch_size
+
+    @property
+    def tokens_per_epoch(self) -> int:
+        """Training tokens in one pass over the data (whole blocks of ``data.seq_len``)."""
+        return int(self._blocks.blocks_per_epoch * self._blocks.block_len)
 
     def seq_len_at(self, step: int) -> int:
         return _length_at(self._schedule, step)

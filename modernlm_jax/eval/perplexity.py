@@ -21,6 +21,7 @@ Public API
     text is scored (then bits/byte covers all of ``text``'s UTF-8 bytes).
 ``load_corpus(spec, data_root) -> str``: ``"wikitext2:test"``, ``"wikitext103:valid"``,
     ``"ptb:test"``, ``"tinystories:valid"`` (see ``CORPORA``) or a path to a UTF-8 text file.
+``load_text_files(pattern) -> (text, files)``: any text file or glob, joined into one stream.
 
 bits_per_byte = nats_per_token * tokens / bytes / ln 2, which does not depend on the
 tokenizer, so SentencePiece and GPT-2 BPE models compare fairly on the same text.
@@ -172,6 +173,32 @@ def load_corpus(spec: str, data_root: str | Path | None = None, *, max_chars: in
     if max_chars is not None:
         text = text[:max_chars]
     return text
+
+
+def load_text_files(pattern: str, *, max_chars: int | None = None) -> tuple[str, list[Path]]:
+    """The UTF-8 text of every file matching ``pattern`` (a path or glob; sorted, joined by a blank line).
+
+    For ``--config.eval.text=PATH``: any text, scored as one stream, bits/byte over all its bytes.
+    """
+    import glob as globlib
+
+    expanded = str(Path(pattern).expanduser())
+    files = sorted(Path(p) for p in globlib.glob(expanded, recursive=True) if Path(p).is_file())
+    if not files:
+        raise FileNotFoundError(f"eval.text={pattern!r} matches no file; give a text file or a glob such as "
+                                "'/data/books/*.txt'")
+    text = "\n\n".join(f.read_text(encoding="utf-8") for f in files)
+    return (text if max_chars is None else text[:max_chars]), files
+
+
+def with_split(spec: str, split: str) -> str:
+    """``"wikitext2:test"`` with split ``"valid"`` -> ``"wikitext2:valid"`` when that corpus exists."""
+    if not split or spec not in CORPORA:
+        return spec
+    if split not in ("test", "valid"):
+        raise ValueError(f"eval.split={split!r} is not valid; choose 'test' or 'valid'")
+    other = spec.split(":")[0] + ":" + split
+    return other if other in CORPORA else spec
 
 
 def is_word_level(spec: str) -> bool:

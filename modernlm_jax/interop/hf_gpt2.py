@@ -26,6 +26,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
+from modernlm_jax.model import param_layout
 from modernlm_jax.model.config import ModelConfig
 
 SAFETENSORS_FILE = "model.safetensors"
@@ -211,7 +212,10 @@ def hf_state_to_params(state: Mapping[str, np.ndarray], cfg: ModelConfig, source
   if not cfg.tie_embeddings:
     params["lm_head"] = np.ascontiguousarray(hf["lm_head.weight"].T)
   params = jax.tree.map(np.ascontiguousarray, params)
-  check_params_match_config(params, cfg)
+  default_cfg = cfg.replace(scan_layers=False, fused_qkv=False)
+  check_params_match_config(params, default_cfg)
+  if cfg != default_cfg:  # model.scan_layers / fused_qkv: the same weights, stacked or fused
+    params = param_layout.from_default_layout(params, cfg)
   return params
 
 
@@ -219,6 +223,7 @@ def params_to_hf_state(params: Mapping[str, Any], cfg: ModelConfig) -> dict[str,
   """Our gpt2-family parameter tree -> float32 tensors under GPT2LMHeadModel's names ("transformer." prefixed)."""
   check_gpt2_compatible(cfg)
   check_params_match_config(params, cfg)
+  params, cfg = param_layout.to_default_layout(params, cfg)  # unstack scan_layers / split fused_qkv
   p = jax.tree.map(lambda x: np.asarray(x, dtype=np.float32), dict(params))
   D = cfg.d_model
   out = {"wte.weight": p["embed"]["embedding"], "wpe.weight": p["pos_embed"],

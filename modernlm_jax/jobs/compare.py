@@ -96,7 +96,10 @@ class _Context:
 
   def __init__(self, config, workdir: Path, members: list[Member], tokenizers: dict):
     self.config, self.workdir, self.tokenizers = config, workdir, tokenizers
+    self.data_root, self.data_root_reason = plan_lib.resolve_data_root(config)
     self.streams: dict[str, tuple[np.ndarray, int]] = {}
+    self.long_docs: dict[str, Any] = {}  # tokenizer identity -> long-context documents (or why there are none)
+    self.dialogues: Any = None
     self.inference_plans: dict[str, dict] = {}
     for scale in dict.fromkeys(m.scale for m in members):
       cfgs = {}
@@ -114,7 +117,7 @@ class _Context:
     return self.streams[tokenizer.identity]
 
 
-def _train_member(ctx: _Context, member: Member):
+def _train_member(ctx: _Context, member: Member, stop_at: int | None = None):
   from modernlm_jax.jobs.pretrain import pretrain_stage
   from modernlm_jax.train.loop import train
 
@@ -123,36 +126,52 @@ def _train_member(ctx: _Context, member: Member):
   run_dir = member_dir(ctx.workdir, member)
   stage = pretrain_stage(mcfg, run_dir)
   start = final_checkpoint_step(run_dir) or 0
-  log.info("[compare] %s: training steps %d..%d in %s", member.name, start, int(mcfg.train.steps), run_dir)
-  out = train(mcfg, run_dir, stage)
-  return mcfg, out["params"], tok
+  log.info("[compare] %s: training steps %d..%d in %s", member.name, start, int(stop_at or mcfg.train.steps), run_dir)
+  out = train(mcfg, run_dir, stage, stop_at=stop_at)
+  return mcfg, out["params"], tok, getattr(stage.train_iter, "tokens_per_epoch", None)
 
 
-def _evaluate_member(ctx: _Context, member: Member, mcfg, params, tok) -> dict:
+def _evaluate_member(ctx: _Context, member: Member, mcfg, params, tok, tokens_per_epoch: int | None) -> dict:
+  from modernlm_jax.data.pipeline import scheduled_tokens
   from modernlm_jax.train.flops import flops_per_token
 
   c = ctx.config.compare
   run_dir = member_dir(ctx.workdir, member)
   model_cfg = ModelConfig.from_dict(mcfg.model)
   seq_len, batch = int(mcfg.data.seq_len), int(mcfg.train.batch_size)
-  budget = int(mcfg.train.steps) * batch * seq_len
+  budget = scheduled_tokens(mcfg.data, int(mcfg.train.steps), batch)
   curves = member_eval.curves_from_metrics(run_dir, batch * seq_len)
   step_times = [r["step_time_s"] for r in read_metrics(run_dir) if r.get("step", 0) > 1 and "step_time_s" in r]
   fwd = member_eval.forward_fn_for(params, model_cfg)
+  context = min(seq_len, model_cfg.max_len)  # the context it was trained at: later positions never trained
+  seen = member_eval.tokens_seen(run_dir) or budget
+  data = {"tokens_seen": int(seen), "tokens_per_epoch": tokens_per_epoch,
+          "epochs": None if not tokens_per_epoch else seen / tokens_per_epoch}
   log.info("[compare] %s: validation loss / bits per byte", member.name)
   final = member_eval.final_metrics(
-      fwd, ctx.stream(tok), context=min(seq_len, model_cfg.max_len), batch_size=int(c.eval_batch_size),
+      fwd, ctx.stream(tok), context=context, batch_size=int(c.eval_batch_size),
       grad_norm_init=member_eval.first_step_metric(run_dir, "grad_norm"),
       train_loss_final=next((l for l in reversed(curves["train_loss"]) if l is not None), None),
       train_flops=flops_per_token(model_cfg, seq_len) * budget,
       step_time_s=float(np.median(step_times)) if step_times else None)
-  entry: dict[str, Any] = {"curves": curves, "final": final}
+  entry: dict[str, Any] = {"curves": curves, "final": final, "tokenizer": tok.identity, "data": data}
+  skipped: dict[str, dict] = {}
+  corpora = plan_lib.parse_list(c.perplexity, "perplexity") if str(c.perplexity).strip() else []
+  if corpora:
+    entry["perplexity"], skipped["perplexity"] = member_eval.perplexities_and_skips(
+        fwd, tok, corpora, ctx.data_root, context=context, batch_size=int(c.eval_batch_size),
+        max_chars=int(c.perplexity_max_chars), skip_reason=ctx.data_root_reason)
   if bool(c.probes.enabled):
     log.info("[compare] %s: statefulness probes", member.name)
     entry["statefulness"] = member_eval.statefulness_entry(fwd, tok, model_cfg, c.probes)
   if str(c.suite):
     log.info("[compare] %s: evaluation suite %r", member.name, str(c.suite))
-    entry["tasks"] = member_eval.task_accuracies(params, model_cfg, fwd, tok, str(c.suite), str(c.data_root))
+    entry["tasks"], skipped["tasks"] = member_eval.tasks_and_skips(
+        params, model_cfg, fwd, tok, str(c.suite), ctx.data_root, context=context,
+        batch_size=int(c.eval_batch_size), skip_reason=ctx.data_root_reason)
+  else:
+    skipped["tasks"] = {"all": "not run: compare.suite is empty (set --config.compare.suite=quick or full)"}
+  entry["skipped"] = {k: v for k, v in skipped.items() if v}
   if bool(c.inference.enabled):
     plan = ctx.inference_plans[member.scale][member.arm]
     log.info("[compare] %s: inference protocol (%s)", member.name,
@@ -160,14 +179,34 @@ def _evaluate_member(ctx: _Context, member: Member, mcfg, params, tok) -> dict:
     measured = (inference_lib.measure_in_subprocess(params, model_cfg, plan) if plan["memory"]
                 else inference_lib.measure(params, model_cfg, plan))
     entry["inference"] = inference_lib.entry(measured, plan)
-  return results_lib.make_run(member.arm, member.scale, member.seed, scales.count_params(model_cfg)["total"], **entry)
+  run = results_lib.make_run(member.arm, member.scale, member.seed, scales.count_params(model_cfg)["total"], **entry)
+  run.update(_protocol_extensions(ctx, member, params, model_cfg, fwd, tok))
+  return run
+
+
+def _protocol_extensions(ctx: _Context, member: Member, params, model_cfg: ModelConfig, fwd, tok) -> dict:
+  """The budget a member trained on, its long-context curve and its conversational scores."""
+  c = ctx.config.compare
+  out: dict[str, Any] = {"budget": plan_lib.budget_entry(ctx.config, member)}
+  if bool(c.long_context.enabled):
+    if tok.identity not in ctx.long_docs:
+      ctx.long_docs[tok.identity] = member_eval.long_context_docs(c.long_context, ctx.config.data, tok, str(c.data_root))
+    log.info("[compare] %s: long-context curve", member.name)
+    out["long_context"] = member_eval.long_context_entry(params, model_cfg, tok, c.long_context,
+                                                         ctx.long_docs[tok.identity])
+  if bool(c.dialogue.enabled):
+    if ctx.dialogues is None:
+      ctx.dialogues = member_eval.load_dialogue_set(c.dialogue, str(c.data_root))
+    log.info("[compare] %s: conversational set", member.name)
+    out["dialogue"] = member_eval.dialogue_entry(params, model_cfg, fwd, tok, c.dialogue, ctx.dialogues)
+  return out
 
 
 def _run_member(ctx: _Context, member: Member) -> dict:
   run_dir = member_dir(ctx.workdir, member)
   try:
-    mcfg, params, tok = _train_member(ctx, member)
-    return _evaluate_member(ctx, member, mcfg, params, tok)
+    mcfg, params, tok, tokens_per_epoch = _train_member(ctx, member)
+    return _evaluate_member(ctx, member, mcfg, params, tok, tokens_per_epoch)
   except Exception as e:  # noqa: BLE001 - one member's crash must not stop the comparison
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "error.txt").write_text(traceback.format_exc())
@@ -179,47 +218,76 @@ def _run_member(ctx: _Context, member: Member) -> dict:
 # --------------------------------------------------------------------------- smoke protocol
 
 
-def _smoke(ctx: _Context, members: list[Member], results: dict) -> dict | None:
-  s = ctx.config.compare.smoke
+def _smoke_group(members: list[Member]) -> list[Member]:
+  """The members the smoke protocol checks: every arm at the first scale and seed."""
   scale, seed = members[0].scale, members[0].seed
-  group = [m for m in members if m.scale == scale and m.seed == seed]
-  ok = {m.arm: m for m in group if (_find_run(results, m) or {}).get("status") == "ok"}
-  old = results.get("smoke") or {}
-  if old.get("scale") == scale and set((old.get("overfit") or {}).get("by_family", {})) == set(ok):
-    log.info("[compare] smoke protocol already recorded for %s", sorted(ok))
-    return old
-  if not ok:
-    return None
-  from modernlm_jax.data.pipeline import make_train_iterator
+  return [m for m in members if m.scale == scale and m.seed == seed]
 
+
+def _smoke_first(ctx: _Context, members: list[Member], results: dict) -> dict | None:
+  """The smoke protocol, run BEFORE full training (as the protocol asks).
+
+  - overfit: a fresh model of each arm memorises the first rows of the shared first batch;
+  - gradient norm at initialisation: the first training step of each arm's member run;
+  - 1 % data: each arm's member run is trained for the first `data_fraction` of the budget (at least
+    `min_points` logged points) and stops with a checkpoint, so full training later resumes from it
+    and nothing is trained twice.
+  """
+  from modernlm_jax.data.pipeline import make_train_iterator, scheduled_tokens
+
+  s = ctx.config.compare.smoke
+  group = _smoke_group(members)
+  scale, seed = group[0].scale, group[0].seed
+  arms = sorted(m.arm for m in group)
+  old = results.get("smoke") or {}
+  if old.get("scale") == scale and sorted(old.get("arms") or []) == arms:
+    log.info("[compare] smoke protocol already recorded for %s", arms)
+    old["gate"] = bool(s.gate)
+    return old
   tok, tok_cfg = ctx.tokenizers[scale]
-  any_cfg = plan_lib.member_config(ctx.config, next(iter(ok.values())), tok_cfg)
+  any_cfg = plan_lib.member_config(ctx.config, group[0], tok_cfg)
   it = make_train_iterator(any_cfg.data, tok, seed=seed, global_batch_size=int(any_cfg.train.batch_size))
   try:
-    batch = smoke_lib.overfit_batch(it.batch_at(0), int(s.overfit_rows),
-                                        int(s.overfit_len) or int(any_cfg.data.seq_len))
+    batch = smoke_lib.overfit_batch(it.batch_at(0), int(s.overfit_rows), int(s.overfit_len) or int(any_cfg.data.seq_len))
   finally:
     it.close()
-  budget = int(ctx.config.train.steps) * int(ctx.config.train.batch_size) * int(ctx.config.data.seq_len)
-  overfits, grads, fractions, used = {}, {}, {}, 0.0
-  for arm, m in ok.items():
-    log.info("[compare] smoke: overfitting %s on %d tokens", arm, batch["inputs"].size)
+  steps, batch_size = int(ctx.config.train.steps), int(ctx.config.train.batch_size)
+  budget = scheduled_tokens(ctx.config.data, steps, batch_size)
+  stop = smoke_lib.fraction_steps(steps, float(s.data_fraction), int(s.min_points), int(ctx.config.train.log_every))
+  overfits, grads, fractions, errors, used = {}, {}, {}, {}, 0.0
+  for m in group:
+    log.info("[compare] smoke: overfitting %s on %d tokens", m.arm, batch["inputs"].size)
     try:
       r = smoke_lib.overfit(plan_lib.member_config(ctx.config, m, tok_cfg), batch,
-                                steps=int(s.overfit_steps), lr=float(s.overfit_lr))
-    except Exception as e:  # noqa: BLE001 - recorded as missing, never fatal
-      log.error("[compare] smoke overfit of %s failed: %s", arm, e)
+                            steps=int(s.overfit_steps), lr=float(s.overfit_lr))
+      if np.isfinite(r["final_loss"]) and np.isfinite(r["first_loss"]):
+        overfits[m.arm] = r
+      else:
+        errors[m.arm] = f"overfit diverged (first loss {r['first_loss']}, final {r['final_loss']})"
+    except Exception as e:  # noqa: BLE001 - recorded, never fatal
+      log.error("[compare] smoke overfit of %s failed: %s", m.arm, e)
+      errors[m.arm] = f"overfit: {type(e).__name__}: {e}"[:500]
+    run_dir = member_dir(ctx.workdir, m)
+    try:
+      if (final_checkpoint_step(run_dir) or 0) < stop:
+        log.info("[compare] smoke: %s trains its first %d steps (the %g data-fraction test)", m.name, stop,
+                 float(s.data_fraction))
+        _train_member(ctx, m, stop_at=stop)
+    except Exception as e:  # noqa: BLE001 - the member fails again (and is recorded) when it trains in full
+      log.error("[compare] smoke training of %s failed: %s", m.name, e)
+      errors[m.arm] = (errors.get(m.arm, "") + f"; data fraction: {type(e).__name__}: {e}").strip("; ")[:1000]
       continue
-    if np.isfinite(r["final_loss"]) and np.isfinite(r["first_loss"]):
-      overfits[arm] = r
-    g = member_eval.first_step_metric(member_dir(ctx.workdir, m), "grad_norm")
+    g = member_eval.first_step_metric(run_dir, "grad_norm")
     if g is not None:
-      grads[arm] = g
-    curve, frac = smoke_lib.data_fraction_curve(_find_run(results, m)["curves"], budget,
-                                                     float(s.data_fraction), int(s.min_points))
-    fractions[arm], used = curve, max(used, frac)
-  return smoke_lib.smoke_entry(scale, overfit_results=overfits, overfit_size=int(batch["inputs"].size),
-                                   grad_norms=grads, fraction_curves=fractions, fraction_used=used)
+      grads[m.arm] = g
+    curve, frac = smoke_lib.data_fraction_curve(member_eval.curves_from_metrics(run_dir, batch_size * int(
+        ctx.config.data.seq_len)), budget, float(s.data_fraction), int(s.min_points))
+    if curve["tokens"]:
+      fractions[m.arm], used = curve, max(used, frac)
+  entry = smoke_lib.smoke_entry(scale, overfit_results=overfits, overfit_size=int(batch["inputs"].size),
+                                grad_norms=grads, fraction_curves=fractions, fraction_used=used)
+  entry.update(arms=arms, gate=bool(s.gate), errors=errors)
+  return entry
 
 
 # --------------------------------------------------------------------------- entry point
@@ -229,6 +297,7 @@ def run(config, workdir: str | Path) -> dict:
   """Runs (or resumes) the comparison in `workdir`; returns the results dict (also in results.json)."""
   workdir = paths.path(workdir)  # local (absolute) or gs://
   members = plan_lib.plan(config)  # bad names fail here, before anything is trained
+  plan_lib.check_data_source(config)  # and a missing corpus
   workdir.mkdir(parents=True, exist_ok=True)
   t0 = time.perf_counter()
   scale_names = list(dict.fromkeys(m.scale for m in members))
@@ -238,10 +307,26 @@ def run(config, workdir: str | Path) -> dict:
   results = _load_or_new(results_path, plan_lib.protocol(config, tokenizers), members)
   ctx = _Context(config, workdir, members, tokenizers)
   is_main = jax.process_index() == 0
-  steps = int(config.train.steps)
+  if bool(config.compare.smoke.enabled):
+    smoke = _smoke_first(ctx, members, results)
+    if smoke:
+      results["smoke"] = smoke
+      failed = [c["name"] for c in decision.smoke_checks(smoke) if c["passed"] is False]
+      smoke["stopped_before_training"] = bool(failed and smoke["gate"])
+      if is_main:
+        results_lib.save(results, results_path)
+      if smoke["stopped_before_training"]:
+        log.error("[compare] smoke check(s) failed: %s. Verdict FIX FIRST; full training not started. Fix them, or "
+                  "rerun with --config.compare.smoke.gate=False to go on anyway.", ", ".join(failed))
+        if is_main:
+          report = _write_report(results, workdir)
+          _log_summary(results, report, time.perf_counter() - t0)
+        return results
+      if failed:
+        log.warning("[compare] smoke check(s) failed: %s; going on because compare.smoke.gate=False", ", ".join(failed))
   for i, member in enumerate(members):
     prior = _find_run(results, member)
-    finished = final_checkpoint_step(member_dir(workdir, member)) == steps
+    finished = final_checkpoint_step(member_dir(workdir, member)) == plan_lib.member_steps(config, member)
     if finished and prior is not None and prior["status"] == "ok":
       log.info("[compare] %d/%d %s: finished earlier, skipped", i + 1, len(members), member.name)
       continue
@@ -249,10 +334,6 @@ def run(config, workdir: str | Path) -> dict:
     results_lib.add_run(results, _run_member(ctx, member))
     if is_main:
       results_lib.save(results, results_path)
-  if bool(config.compare.smoke.enabled):
-    smoke = _smoke(ctx, members, results)
-    if smoke:
-      results["smoke"] = smoke
   if is_main:
     results_lib.save(results, results_path)
     report = _write_report(results, workdir)

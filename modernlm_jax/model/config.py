@@ -13,7 +13,7 @@ POSITIONS = ("learned", "rope", "alibi", "rope+alibi", "none")
 NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "swiglu")
 GATES = ("none", "headwise", "elementwise")
-ATTENTION_IMPLS = ("auto", "reference", "xla", "cudnn", "splash")
+ATTENTION_IMPLS = ("auto", "reference", "xla", "cudnn", "flash", "splash")
 DTYPES = ("float32", "bfloat16", "float16")
 MIXERS = ("attn", "ssm", "rwkv")
 REMAT = ("none", "full", "dots", "dots_no_batch")
@@ -55,6 +55,9 @@ class ModelConfig:
   ssm_heads: int = 0  # 0 -> n_heads
   rwkv_heads: int = 0  # 0 -> n_heads
   remat: str = "none"
+  # Parameter-tree layouts for fewer, larger kernels; both change the tree (checkpoints, HF export), so off by default.
+  fused_qkv: bool = False  # one [D, 3, H, Dh] "qkv_kernel" instead of query/key/value kernels
+  scan_layers: bool = False  # homogeneous stacks: one Block under lax.scan, parameters stacked under "layers"
 
   def __post_init__(self):
     _check_choice("positions", self.positions, POSITIONS)
@@ -73,6 +76,9 @@ class ModelConfig:
     if self.layer_pattern and len(self.layer_pattern) != self.n_layers:
       raise ValueError(
           f"model.layer_pattern has {len(self.layer_pattern)} entries but n_layers={self.n_layers}; give one mixer per layer")
+    if self.scan_layers and len(set(self.mixers)) > 1:
+      raise ValueError(f"model.scan_layers=True needs one mixer kind in every layer, got layer_pattern="
+                       f"{','.join(self.layer_pattern)}; set model.scan_layers=False for hybrid stacks")
     for name in ("vocab_size", "max_len", "n_layers", "d_model", "n_heads", "d_ff"):
       if int(getattr(self, name)) <= 0:
         raise ValueError(f"model.{name} must be positive, got {getattr(self, name)}")

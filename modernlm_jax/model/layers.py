@@ -87,7 +87,10 @@ class Dense(nn.Module):
   @nn.compact
   def __call__(self, x):
     w = param_with_axes(self, "kernel", self.kernel_init, (x.shape[-1], self.features), self.axes)
-    y = jnp.einsum("...d,df->...f", x.astype(self.dtype), w.astype(self.dtype))
+    # One 2-D GEMM over the flattened rows: XLA:CPU feeds a batched einsum's weight gradient through
+    # transposed copies, the flat matmul through none (same math, same parameters).
+    lead = x.shape[:-1]
+    y = (x.astype(self.dtype).reshape(-1, x.shape[-1]) @ w.astype(self.dtype)).reshape(*lead, self.features)
     if self.use_bias:
       y = y + param_with_axes(self, "bias", nn.initializers.zeros, (self.features,), (self.axes[1],)).astype(self.dtype)
     return y

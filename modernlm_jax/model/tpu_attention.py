@@ -2,7 +2,12 @@
 
 The Pallas TPU kernels are imported lazily and guarded: importing this module never fails on CPU or
 GPU, `splash_available()` says whether the kernel can be built, and `attention.select_attention_impl`
-only picks "splash" on a TPU backend. Tests run the same kernel on CPU through Pallas' interpreter
+only picks "splash" on a TPU backend.
+
+Options: segment ids (packed documents) and per-head sink logits are native to the kernel. ALiBi is not:
+splash takes masks (block-sparse, boolean), not an additive bias, so an ALiBi model on TPU falls back to
+XLA attention. Supporting it needs a fork of the kernel's inner loop adding -slope_h·|i - j| to the
+scores (what `kernels/flash.py` does for GPU), not a new mask. Tests run the same kernel on CPU through Pallas' interpreter
 (`interpret=True`).
 
 A Mosaic kernel cannot be partitioned automatically by XLA, so under a device mesh the call is
@@ -66,24 +71,27 @@ def _kernel(num_heads: int, seq_len: int, interpret: bool):
   return kernel_lib.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
 
 
-def _local_splash(q_BTHD, k_BTHD, v_BTHD, segment_ids_BT, interpret: bool):
+def _local_splash(q_BTHD, k_BTHD, v_BTHD, segment_ids_BT, sink_H, interpret: bool):
   kernel_lib, _ = _import_splash()
   B, T, H, Dh = q_BTHD.shape
   kernel = _kernel(H, T, interpret)
   # splash applies no softmax scale of its own
   q_BHTD = jnp.swapaxes(q_BTHD * jnp.asarray(1.0 / math.sqrt(Dh), q_BTHD.dtype), 1, 2)
   k_BHTD, v_BHTD = jnp.swapaxes(k_BTHD, 1, 2), jnp.swapaxes(v_BTHD, 1, 2)
+  # Sink logits are native to splash (one per query head, compared with the already scaled scores).
+  sinks = None if sink_H is None else sink_H.astype(jnp.float32)
   if segment_ids_BT is None:
-    out_BHTD = jax.vmap(lambda q, k, v: kernel(q, k, v))(q_BHTD, k_BHTD, v_BHTD)
+    out_BHTD = jax.vmap(lambda q, k, v: kernel(q, k, v, sinks=sinks))(q_BHTD, k_BHTD, v_BHTD)
   else:
     seg_BT = segment_ids_BT.astype(jnp.int32)
-    out_BHTD = jax.vmap(lambda q, k, v, s: kernel(q, k, v, segment_ids=kernel_lib.SegmentIds(q=s, kv=s)))(
-        q_BHTD, k_BHTD, v_BHTD, seg_BT)
+    out_BHTD = jax.vmap(lambda q, k, v, s: kernel(q, k, v, segment_ids=kernel_lib.SegmentIds(q=s, kv=s),
+                                                  sinks=sinks))(q_BHTD, k_BHTD, v_BHTD, seg_BT)
   return jnp.swapaxes(out_BHTD, 1, 2)
 
 
-def splash_attention(q_BTHD, k_BTHD, v_BTHD, segment_ids_BT=None, *, interpret: bool = False):
-  """Causal attention (within segments when `segment_ids_BT` is given); returns [B, T, H, Dh] in q's dtype."""
+def splash_attention(q_BTHD, k_BTHD, v_BTHD, segment_ids_BT=None, *, sink_H=None, interpret: bool = False):
+  """Causal attention (within segments when `segment_ids_BT` is given, with per-head sink logits when
+  `sink_H` is); returns [B, T, H, Dh] in q's dtype."""
   B, T, H, _ = q_BTHD.shape
   if not splash_seq_ok(T):
     raise ValueError(f"splash attention needs a sequence length divisible by {SPLASH_BLOCK}, got {T}; "
@@ -93,7 +101,7 @@ def splash_attention(q_BTHD, k_BTHD, v_BTHD, segment_ids_BT=None, *, interpret: 
     if jax.device_count() > 1 and not interpret:
       raise ValueError("splash attention on several devices must be traced under the device mesh; wrap the jitted "
                        "call in `with jax.set_mesh(mesh):` (the training loop does this on TPU)")
-    return _local_splash(q_BTHD, k_BTHD, v_BTHD, segment_ids_BT, interpret)
+    return _local_splash(q_BTHD, k_BTHD, v_BTHD, segment_ids_BT, sink_H, interpret)
   batch_axes = tuple(a for a in _BATCH_AXES if a in mesh.axis_names and mesh.shape[a] > 1)
   rows = math.prod(mesh.shape[a] for a in batch_axes)
   if B % rows:
@@ -102,11 +110,18 @@ def splash_attention(q_BTHD, k_BTHD, v_BTHD, segment_ids_BT=None, *, interpret: 
   row_spec = batch_axes or None
   qkv_spec = P(row_spec, None, head_axis, None)
   fn = functools.partial(_local_splash, interpret=interpret)
-  if segment_ids_BT is None:
-    return jax.shard_map(lambda q, k, v: fn(q, k, v, None), mesh=mesh, in_specs=(qkv_spec,) * 3,
+  seg_spec, sink_spec = P(row_spec, None), P(head_axis)
+  if segment_ids_BT is None and sink_H is None:
+    return jax.shard_map(lambda q, k, v: fn(q, k, v, None, None), mesh=mesh, in_specs=(qkv_spec,) * 3,
                          out_specs=qkv_spec, check_vma=False)(q_BTHD, k_BTHD, v_BTHD)
-  return jax.shard_map(fn, mesh=mesh, in_specs=(qkv_spec,) * 3 + (P(row_spec, None),), out_specs=qkv_spec,
-                       check_vma=False)(q_BTHD, k_BTHD, v_BTHD, segment_ids_BT)
+  if sink_H is None:
+    return jax.shard_map(lambda q, k, v, s: fn(q, k, v, s, None), mesh=mesh, in_specs=(qkv_spec,) * 3 + (seg_spec,),
+                         out_specs=qkv_spec, check_vma=False)(q_BTHD, k_BTHD, v_BTHD, segment_ids_BT)
+  if segment_ids_BT is None:
+    return jax.shard_map(lambda q, k, v, h: fn(q, k, v, None, h), mesh=mesh, in_specs=(qkv_spec,) * 3 + (sink_spec,),
+                         out_specs=qkv_spec, check_vma=False)(q_BTHD, k_BTHD, v_BTHD, sink_H)
+  return jax.shard_map(fn, mesh=mesh, in_specs=(qkv_spec,) * 3 + (seg_spec, sink_spec), out_specs=qkv_spec,
+                       check_vma=False)(q_BTHD, k_BTHD, v_BTHD, segment_ids_BT, sink_H)
 
 
 def kernel_mesh_context(mesh, backend: str | None = None):

@@ -15,6 +15,7 @@ from modernlm_jax.model.attention import init_attention_cache
 from modernlm_jax.model.config import ModelConfig
 from modernlm_jax.model.layers import MLP, Embed, compute_dtype, make_norm, normal_init, param_with_axes
 from modernlm_jax.model.mixers import init_mixer_cache, mixer_class
+from modernlm_jax.model.param_layout import SCANNED_LAYERS
 
 _REMAT_POLICIES = {
     "full": None,
@@ -72,8 +73,9 @@ class LanguageModel(nn.Module):
   def __call__(self, tokens_BT, positions=None, segment_ids=None, cache=None, stream_sinks=None, return_hidden=False):
     """Logits [B,T,V] in float32; with `cache`, returns (logits, new_cache).
 
-    `return_hidden=True` returns the final-norm hidden states instead of logits, so a loss can
-    project to the vocabulary in chunks (`logits_from_hidden`) without materialising [B,T,V].
+    `return_hidden=True` returns the final-norm hidden states instead of logits (with the cache when one
+    is given), so a loss can project to the vocabulary in chunks (`logits_from_hidden`) without
+    materialising [B,T,V], and a decoder can project only the positions it samples from.
     """
     cfg = self.cfg
     dt = compute_dtype(cfg)
@@ -97,7 +99,15 @@ class LanguageModel(nn.Module):
     if cfg.remat != "none" and cache is None:
       block_cls = nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=True)
     new_cache = {"pos": decode_info["kv_pos_BS"]} if cache is not None else None
-    for i, kind in enumerate(cfg.mixers):
+    if cfg.scan_layers:  # one Block traced once, its parameters (and cache) stacked on a leading layer axis
+      scanned = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
+                        in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast), length=cfg.n_layers,
+                        metadata_params={nn.PARTITION_NAME: SCANNED_LAYERS})
+      x_BTD, stacked_cache = scanned(cfg, cfg.mixers[0], name=SCANNED_LAYERS)(
+          x_BTD, positions, segment_ids, None if cache is None else cache[SCANNED_LAYERS], decode_info)
+      if cache is not None:
+        new_cache[SCANNED_LAYERS] = stacked_cache
+    for i, kind in enumerate(() if cfg.scan_layers else cfg.mixers):
       layer_cache = cache[f"layer_{i}"] if cache is not None else None
       x_BTD, layer_new_cache = block_cls(cfg, kind, name=f"layer_{i}")(
           x_BTD, positions, segment_ids, layer_cache, decode_info)
@@ -105,7 +115,7 @@ class LanguageModel(nn.Module):
         new_cache[f"layer_{i}"] = layer_new_cache
     x_BTD = make_norm(cfg, "final_norm")(x_BTD)
     if return_hidden:
-      return x_BTD
+      return (x_BTD, new_cache) if cache is not None else x_BTD
     if cfg.tie_embeddings:
       logits_BTV = embed.attend(x_BTD)
     else:
@@ -128,6 +138,11 @@ def logits_from_hidden(params, cfg: ModelConfig, hidden_BTD):
 def init_cache(cfg: ModelConfig, batch_size: int, max_len: int, dtype=None) -> dict:
   """An empty decode cache: absolute position per slot (-1 = empty) and one entry per layer."""
   cache = {"pos": jnp.full((batch_size, max_len), -1, jnp.int32)}
+  if cfg.scan_layers:  # homogeneous stack: one cache entry with a leading layer axis
+    one = (init_attention_cache(cfg, batch_size, max_len, dtype) if cfg.mixers[0] == "attn"
+           else init_mixer_cache(cfg, cfg.mixers[0], batch_size, dtype))
+    cache[SCANNED_LAYERS] = jax.tree.map(lambda x: jnp.broadcast_to(x, (cfg.n_layers, *x.shape)), one)
+    return cache
   for i, kind in enumerate(cfg.mixers):
     if kind == "attn":
       cache[f"layer_{i}"] = init_attention_cache(cfg, batch_size, max_len, dtype)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,9 @@ def _from_tree(tree: dict, template: TrainState) -> TrainState:
 class Checkpointer:
 
   def __init__(self, directory: str | Path, *, keep: int = 3, async_save: bool = True):
+    if int(keep) < 1:
+      raise ValueError(f"train.keep_checkpoints={keep} would keep no checkpoint: the trained model would be deleted; "
+                       "set it to 1 or more")
     self.directory = paths.path(directory)  # local or gs://: orbax writes both
     self.manager = ocp.CheckpointManager(
         self.directory,
@@ -110,10 +114,13 @@ class Checkpointer:
   def save(self, step: int, state: TrainState, data_state: dict, meta: dict, *, force: bool = False) -> None:
     tree = _state_tree(state)
     meta = {**meta, "fingerprints": fingerprints(tree)}
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(tree),
-        data=ocp.args.JsonSave(data_state or {}),
-        meta=ocp.args.JsonSave(meta)), force=force)
+    try:  # orbax first waits for the previous background save: its failure surfaces here
+      self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(tree),
+          data=ocp.args.JsonSave(data_state or {}),
+          meta=ocp.args.JsonSave(meta)), force=force)
+    except OSError as e:
+      raise save_failure(self.directory, e) from e
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
@@ -145,6 +152,7 @@ class Checkpointer:
             data=ocp.args.JsonRestore(),
             meta=ocp.args.JsonRestore()))
         verify_fingerprints(restored["state"], restored["meta"], f"checkpoint step {s}")
+        check_data_position(restored["data"], restored["state"], s)
       except Exception as e:  # noqa: BLE001 - any unreadable checkpoint falls back to the previous one
         logging.warning("checkpoint at step %s in %s is unreadable (%s: %s); trying an older one",
                         s, self.directory, type(e).__name__, str(e)[:300])
@@ -178,9 +186,22 @@ class Checkpointer:
       multihost_utils.sync_global_devices("modernlm_jax:set_aside_unreadable_checkpoints")
     self.manager.reload()
 
+  def check_saves(self) -> None:
+    """Raises CheckpointError (path, free space, fix) when a background save has failed; cheap when none has."""
+    try:
+      self.manager.check_for_errors()
+      if not self.manager.is_saving_in_progress():
+        self.manager.wait_until_finished()  # returns at once; re-raises a finished save's failure (the commit thread's)
+    except Exception as e:  # noqa: BLE001 - orbax re-raises the writer thread's exception as is
+      raise save_failure(self.directory, e) from e
+
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001 - a failed background save surfaces here at the latest
+      raise save_failure(self.directory, e) from e
+    finally:
+      self.manager.close()
 
 
 def abstract_with_shardings(abstract_state: TrainState, shardings: TrainState) -> TrainState:
@@ -191,7 +212,8 @@ def abstract_with_shardings(abstract_state: TrainState, shardings: TrainState) -
 def run_identity(config) -> dict[str, Any]:
   """What must match for a checkpoint to be resumable with this config."""
   return {"model": json.loads(json.dumps(config.model.to_dict())), "tokenizer_kind": config.tokenizer.kind,
-          "global_batch_size": int(config.train.batch_size)}
+          "global_batch_size": int(config.train.batch_size),
+          "optimizer": json.loads(json.dumps(optimizer_settings(config.train)))}
 
 
 def check_identity(stored: dict, current: dict, tokenizer_identity: str | None, workdir: str) -> None:
@@ -320,3 +342,83 @@ def load_run_params(loc: RunLocation, *, key: str = "init_from") -> tuple[Any, d
   if "model" not in meta:
     raise CheckpointError(f"checkpoint {loc.ckpt_dir}/{step} has no model config in its metadata")
   return params, meta, step
+
+
+def check_data_position(data_state: dict | None, state_tree: dict, step: int) -> None:
+  """The data iterator must resume where the model stopped: a mismatch (an edited or swapped `data` item) would
+  replay or skip batches silently, so it is refused like any damaged checkpoint."""
+  data_state = data_state or {}
+  position = data_state.get("step", data_state.get("index"))
+  model_step = int(jax.device_get(state_tree["step"].addressable_data(0))) if hasattr(
+      state_tree["step"], "addressable_data") else int(state_tree["step"])
+  if model_step != step:
+    raise CheckpointError(f"checkpoint step {step} holds a model at step {model_step}")
+  if position is not None and int(position) != step:
+    raise CheckpointError(f"checkpoint step {step}: the data iterator position {position} does not match the model "
+                          f"step {step} (the data item was edited or comes from another checkpoint)")
+
+
+def directory_bytes(path: Path) -> int:
+  return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def free_bytes(path: Path) -> int | None:
+  """Free bytes on the disk holding `path` (None on an object store)."""
+  if paths.is_remote(path):
+    return None
+  path = Path(path)
+  while not path.exists():
+    path = path.parent
+  return shutil.disk_usage(path).free
+
+
+def _gib(n: int | None) -> str:
+  return "unknown (object store)" if n is None else f"{n / 2**30:.2f} GiB"
+
+
+def save_failure(directory: Path, error: BaseException) -> CheckpointError:
+  return CheckpointError(
+      f"saving a checkpoint into {directory} failed ({type(error).__name__}: {str(error)[:300]}); free space there: "
+      f"{_gib(free_bytes(directory))}. Nothing after the last committed checkpoint is saved. Free disk space (or "
+      "lower train.keep_checkpoints) or pass a --workdir on a larger disk, then restart: the run resumes from its "
+      "last committed checkpoint.")
+
+
+def check_free_space(directory: Path, abstract_state, keep: int) -> None:
+  """Refuses to train when the disk cannot hold one more checkpoint (the newest one's size, else the state's bytes),
+  instead of failing at the first save after the work was done. (Object stores have no free-space figure.)"""
+  if paths.is_remote(directory):
+    return
+  steps = sorted((p for p in Path(directory).glob("*") if p.name.isdigit()), key=lambda p: int(p.name))
+  need = directory_bytes(steps[-1]) if steps else sum(
+      int(x.size) * x.dtype.itemsize for x in jax.tree_util.tree_leaves(abstract_state))
+  free = free_bytes(directory)
+  if free < need:
+    raise CheckpointError(
+        f"{directory} has {_gib(free)} free, less than one checkpoint needs (~{_gib(need)}; train.keep_checkpoints="
+        f"{keep} of them are kept). Free disk space or pass a --workdir on a larger disk before training.")
+
+
+# The global batch size has its own check (_check_global_batch); accum_steps may change (another host count).
+SCHEDULE_KEYS = ("steps", "lr", "min_lr_ratio", "warmup_steps", "schedule", "b1", "b2", "eps", "weight_decay",
+                 "decay_embeddings", "grad_clip")
+
+
+def optimizer_settings(train_cfg) -> dict[str, Any]:
+  """The train settings a restored optimizer state and learning-rate schedule depend on."""
+  return {k: train_cfg.get(k) for k in SCHEDULE_KEYS if k in train_cfg}
+
+
+def check_schedule(stored: dict, current: dict, *, allow: bool, workdir: str) -> dict[str, tuple]:
+  """{key: (stored, now)} of changed optimizer/schedule settings; raises unless `allow` (the caller records them)."""
+  saved = (stored or {}).get("optimizer")
+  if not saved:
+    return {}  # a checkpoint from before these were recorded
+  diff = {k: (saved.get(k), v) for k, v in current.items() if k in saved and saved.get(k) != v}
+  if diff and not allow:
+    listed = ", ".join(f"train.{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+    raise CheckpointError(
+        f"{workdir} holds a run trained with other optimizer/schedule settings ({listed}); resuming would jump the "
+        "learning-rate schedule. Nothing was overwritten: resume with the stored settings, use a new --workdir, or "
+        "set train.allow_schedule_change=True to continue with the new ones (recorded in metrics.jsonl).")
+  return diff

@@ -9,6 +9,7 @@ batches are prepared and placed on device by a background thread.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -24,10 +25,10 @@ from modernlm_jax.model import ModelConfig, init_params
 from modernlm_jax.model.tpu_attention import kernel_mesh_context
 from modernlm_jax.train import checkpoint as ckpt_lib
 from modernlm_jax.train import mesh as mesh_lib
-from modernlm_jax.train import trace_summary
+from modernlm_jax.train import preemption, trace_summary, workdir_lock
 from modernlm_jax.train.flops import device_peak_flops, flops_per_token
 from modernlm_jax.train.mesh import process_rows
-from modernlm_jax.train.metrics import MetricWriter, ProgressLine
+from modernlm_jax.train.metrics import MetricWriter, ProgressLine, truncate_metrics
 from modernlm_jax.train.optim import learning_rate_schedule, make_optimizer
 from modernlm_jax.train.prefetch import DevicePrefetcher, to_global
 from modernlm_jax.train.registry import make_objective
@@ -96,6 +97,7 @@ def _init_or_restore(config, model_cfg, optimizer, mesh, ckpt, stage: StageData,
   return state, shardings, 0
 
 
+@workdir_lock.holding_workdir  # one run per workdir, for the whole run
 def train(config, workdir: str | Path, stage: StageData, *, init_params_fn: Callable | None = None,
           on_step: Callable | None = None, stop_at: int | None = None) -> dict[str, Any]:
   """Runs (or resumes) a stage to `config.train.steps`; returns the final metrics.
@@ -118,11 +120,15 @@ def train(config, workdir: str | Path, stage: StageData, *, init_params_fn: Call
   identity = ckpt_lib.run_identity(config)
   if ckpt.latest_step() is not None:
     ckpt_lib.check_identity(ckpt.read_meta() or {}, identity, stage.tokenizer.identity, str(workdir))
+  schedule_changes = ckpt_lib.check_schedule(
+      ckpt.read_meta() or {}, identity["optimizer"], allow=bool(t_cfg.get("allow_schedule_change", False)),
+      workdir=str(workdir)) if ckpt.latest_step() is not None else {}
   objective = make_objective(config)
   optimizer = make_optimizer(t_cfg, jax.eval_shape(lambda: init_params(model_cfg, int(config.seed))))
   schedule = learning_rate_schedule(t_cfg)
   state, shardings, start = _init_or_restore(config, model_cfg, optimizer, mesh, ckpt, stage, init_params_fn,
                                              with_ref=bool(objective.needs_reference))
+  ckpt_lib.check_free_space(ckpt.directory, state, int(t_cfg.keep_checkpoints))
 
   step_fn = jit_train_step(make_train_step(objective, optimizer, schedule, accum_steps=accum,
                                        guard_nonfinite=bool(t_cfg.skip_nonfinite)), shardings, mesh, accum)
@@ -130,11 +136,18 @@ def train(config, workdir: str | Path, stage: StageData, *, init_params_fn: Call
   eval_batches = [to_global(process_rows(b), mesh, 1) for b in stage.eval_batches]
   meta = {**identity, "tokenizer_identity": stage.tokenizer.identity, "config": json.loads(config.to_json_best_effort())}
   is_main = jax.process_index() == 0
+  if start and is_main:
+    truncate_metrics(workdir, start)  # rows of steps past the restored checkpoint are about to be run again
   writer = MetricWriter(workdir, tensorboard=bool(t_cfg.tensorboard) and is_main, enabled=is_main,
                         trackers=t_cfg.get("trackers", "tensorboard"), config=meta["config"])
-  seq_len = int(config.data.seq_len)
-  tokens_per_step = B * seq_len
-  fpt = flops_per_token(model_cfg, seq_len)
+  if schedule_changes:
+    logging.warning("train.allow_schedule_change=True: resuming step %d with changed settings %s", start,
+                    schedule_changes)
+    writer.write({"step": start, "schedule_changed": json.dumps(schedule_changes)})
+  guard = preemption.PreemptionGuard(checkpoint_minutes=float(t_cfg.get("checkpoint_minutes", 0.0) or 0.0),
+                                     process_count=jax.process_count())
+  preempted_at = None
+  fpt = functools.lru_cache(maxsize=None)(functools.partial(flops_per_token, model_cfg))  # per sequence length
   peak = device_peak_flops()
   if peak:
     peak *= mesh.devices.size  # tokens_per_s counts the global batch, so compare with all devices' peak
@@ -142,7 +155,8 @@ def train(config, workdir: str | Path, stage: StageData, *, init_params_fn: Call
   profile_window = (start + 3, start + 3 + profile_steps) if profile_steps > 0 else None  # after warm-up
   total_steps = int(t_cfg.steps)
   progress = ProgressLine(total_steps, start)
-  prefetch = DevicePrefetcher(stage.train_iter, mesh, accum_steps=accum, size=2)
+  prefetch = DevicePrefetcher(stage.train_iter, mesh, accum_steps=accum, size=2, with_tokens=True)
+  tokens_seen = _tokens_before(config, ckpt, start, B)
   final: dict[str, Any] = {}
   last_good_ckpt = ckpt.latest_step()
   # Steps dispatched but not yet looked at: (step, device metrics, data state after that batch). The host reads
@@ -156,22 +170,28 @@ def train(config, workdir: str | Path, stage: StageData, *, init_params_fn: Call
     if not pending:
       return
     items, pending = pending, []
+    host = _host_metrics(items)  # waits for the device: the clock is read after, so the wait counts here
     now = time.perf_counter()
-    dt, t_last = (now - t_last) / len(items), now  # the interval's mean step time
-    for (step, _, data_state), m in zip(items, _host_metrics(items)):
-      process(step, m, data_state, dt)
+    seconds, t_last = max(now - t_last, 1e-9), now
+    # Tokens and FLOPs of the interval from its batches (lengths may change under data.seq_len_schedule).
+    interval = {"step_time_s": seconds / len(items), "tokens_per_s": sum(it[3][0] for it in items) / seconds,
+                "flops_per_s": sum(fpt(it[3][1]) * it[3][0] for it in items) / seconds}
+    for (step, _, data_state, n_tokens), m in zip(items, host):
+      process(step, m, data_state, n_tokens[0], interval)
 
-  def process(step, m, data_state, dt):
+  def process(step, m, data_state, n_tokens, interval):
+    nonlocal tokens_seen
     if not m.pop("finite") and not t_cfg.skip_nonfinite:
       raise NonFiniteLossError(
           f"non-finite loss or gradient norm at step {step} (loss={m.get('objective_loss')}, grad_norm="
           f"{m.get('grad_norm')}); data position {json.dumps(data_state)[:300]}. Nothing from this step on was "
           f"saved; last good checkpoint: step {last_good_ckpt} in {ckpt.directory}. Lower train.lr, raise "
           "train.warmup_steps, or set train.skip_nonfinite=True to skip such batches.")
-    m.update(step=step + 1, step_time_s=dt, tokens_per_s=tokens_per_step / max(dt, 1e-9),
-             tokens_seen=(step + 1) * tokens_per_step)
+    tokens_seen += n_tokens
+    m.update(step=step + 1, step_time_s=interval["step_time_s"], tokens_per_s=interval["tokens_per_s"],
+             tokens=n_tokens, tokens_seen=tokens_seen)
     if peak:
-      m["mfu"] = fpt * m["tokens_per_s"] / peak
+      m["mfu"] = interval["flops_per_s"] / peak
     if (step + 1) % int(t_cfg.log_every) == 0 or step == start:
       writer.write(m)
       progress.show(m)
@@ -184,9 +204,10 @@ def train(config, workdir: str | Path, stage: StageData, *, init_params_fn: Call
   mesh_ctx.__enter__()
   tracing = False
   try:
+    guard.install()
     end = min(total_steps, stop_at) if stop_at else total_steps
     for step in range(start, end):
-      batch, data_state = next(prefetch)
+      batch, data_state, n_tokens = next(prefetch)
       if profile_window and step == profile_window[0] and is_main:
         jax.profiler.start_trace(str(workdir / "profile"))
         tracing = True
@@ -198,22 +219,30 @@ def train(config, workdir: str | Path, stage: StageData, *, init_params_fn: Call
         trace_summary.summarize(workdir / "profile", top=15)
       if pending and (pending[-1][0] == start or (pending[-1][0] + 1) % int(t_cfg.log_every) == 0):
         process_pending()  # the previous step was a log step
-      pending.append((step, dev_metrics, data_state))
-      done = step + 1 == end
-      evaluate_now = (step + 1) % int(t_cfg.eval_every) == 0 or done
-      save_now = (step + 1) % int(t_cfg.checkpoint_every) == 0 or done
+      pending.append((step, dev_metrics, data_state, n_tokens))
+      stop, save_due = guard.check(step)  # a SIGTERM/SIGINT arrived; train.checkpoint_minutes have passed
+      done = step + 1 == end or stop
+      evaluate_now = (step + 1) % int(t_cfg.eval_every) == 0 or (done and not stop)
+      save_now = (step + 1) % int(t_cfg.checkpoint_every) == 0 or done or save_due
       if evaluate_now or save_now:
         process_pending()  # syncs on this step: never evaluate or save a non-finite state unnoticed
       if evaluate_now:
         ev = evaluate(eval_step, state.params, eval_batches, state.ref_params,
                       reports_perplexity=bool(objective.reports_perplexity))
-        ev["step"] = step + 1
+        ev["step"], ev["tokens_seen"] = step + 1, tokens_seen
         writer.write(ev)
         progress.show({**final, **ev})
         final.update(ev)
       if save_now:
-        ckpt.save(step + 1, state, data_state, {**meta, "step": step + 1}, force=done)
+        ckpt.save(step + 1, state, data_state, {**meta, "step": step + 1, "tokens_seen": tokens_seen},
+                  force=done or save_due)
+        guard.saved()
         last_good_ckpt = step + 1
+      if (step + 1) % int(t_cfg.log_every) == 0:
+        ckpt.check_saves()  # a failed background save (disk full) stops the run now, not one interval later
+      if stop:
+        preempted_at = step + 1
+        break
     process_pending()
   finally:
     if tracing:
@@ -222,6 +251,21 @@ def train(config, workdir: str | Path, stage: StageData, *, init_params_fn: Call
     prefetch.close()
     ckpt.close()
     writer.close()
+    guard.uninstall()  # only now: a second signal while the last save commits still exits at once
+  if preempted_at is not None:
+    raise guard.preempted(preempted_at)
   final["skipped_steps"] = int(jax.device_get(state.skipped))
   final["params"] = state.params
   return final
+
+
+def _tokens_before(config, ckpt, start: int, batch_size: int) -> int:
+  """Tokens trained before `start`: as saved with the checkpoint, else the scheduled batch shapes (older runs)."""
+  if start == 0:
+    return 0
+  saved = (ckpt.read_meta(start) or {}).get("tokens_seen")
+  if saved is not None:
+    return int(saved)
+  from modernlm_jax.data.pipeline import scheduled_tokens
+
+  return scheduled_tokens(config.data, start, batch_size)

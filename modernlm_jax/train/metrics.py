@@ -65,6 +65,28 @@ def read_metrics(workdir: str | Path) -> list[dict]:
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
+def truncate_metrics(workdir: str | Path, step: int) -> int:
+  """Drops the rows after `step` (steps a crashed run did past its last checkpoint, which the resumed run repeats),
+  so metrics.jsonl holds each step once. Returns how many rows were dropped."""
+  path = paths.path(workdir) / "metrics.jsonl"
+  if not path.exists():
+    return 0
+  lines = path.read_text().splitlines()
+  keep = []
+  for line in lines:
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except ValueError:
+      continue  # a row cut short by the crash
+    if int(row.get("step", 0)) <= step:
+      keep.append(line)
+  if len(keep) != len(lines):
+    paths.write_text_atomic(path, "".join(line + "\n" for line in keep))  # the old file or the new, never half
+  return len(lines) - len(keep)
+
+
 def _fmt_duration(s: float) -> str:
   s = int(max(s, 0))
   return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"

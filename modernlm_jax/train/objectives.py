@@ -20,19 +20,22 @@ from modernlm_jax.train.fused_ce import cross_entropy_terms, fused_cross_entropy
 
 
 def sigreg_real(h_ND, rng, num_directions: int = 64, num_points: int = 17, t_max: float = 4.0):
-  """SIGReg (from LeJEPA) on the real part of the characteristic function.
+  """SIGReg (LeJEPA, arXiv 2511.08544): the Epps–Pulley distance of random 1-D projections from N(0, 1).
 
-  Projects features on random unit directions and penalises the squared gap between the empirical
-  characteristic function's real part E[cos(t·z)] and the standard Gaussian's exp(-t²/2), weighted by
-  exp(-t²/2) and integrated over t (trapezoid). Features are standardised per direction first, so
-  the term shapes the distribution, not its scale. Only the real part is used: in our runs (and the
-  modification log this codebase follows) the imaginary part fought RMSNorm.
+  Projects the features on `num_directions` random unit directions z = h·d and, per direction,
+  integrates the squared gap between the empirical characteristic function and the standard normal's,
+  exp(-t²/2), weighted by exp(-t²/2), over t in [-t_max, t_max] (trapezoid); the mean over directions
+  is returned. The projections are NOT standardised: SIGReg exists to penalise collapse (a direction
+  with no spread), anisotropy and a wrong scale, which standardising each projection would hide.
+  Only the real part E[cos(t·z)] is compared (the modification log this codebase follows found the
+  imaginary part fighting RMSNorm); the real part is blind to odd asymmetry (e.g. a shifted mean).
+  The Epps–Pulley factor N is left out, so the value estimates the population distance (≈ 0 for
+  N(0, I), whatever the batch size) and `train.sigreg_weight` does not depend on the token count.
   """
   h = h_ND.astype(jnp.float32)
   dirs = jax.random.normal(rng, (h.shape[-1], num_directions))
   dirs = dirs / jnp.linalg.norm(dirs, axis=0, keepdims=True)
-  z = h @ dirs
-  z = (z - z.mean(0)) / (z.std(0) + 1e-6)
+  z = h @ dirs  # [N, directions]
   t = jnp.linspace(-t_max, t_max, num_points)
   ecf_real = jnp.mean(jnp.cos(t[:, None, None] * z[None]), axis=1)  # [points, directions]
   gauss = jnp.exp(-0.5 * t**2)[:, None]

@@ -7,7 +7,10 @@ norm's scale towards zero or an embedding row that is rarely seen only hurts.
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import optax
+
+from modernlm_jax.model.param_layout import SCANNED_LAYERS
 
 
 def learning_rate_schedule(train_cfg) -> optax.Schedule:
@@ -26,7 +29,8 @@ def decay_mask(params, decay_embeddings: bool):
 
   def wants_decay(path, leaf):
     names = [getattr(k, "key", str(k)) for k in path]
-    if leaf.ndim < 2:  # norms, biases, sink logits
+    ndim = leaf.ndim - (names[0] == SCANNED_LAYERS)  # `model.scan_layers` stacks every layer on a leading axis
+    if ndim < 2:  # norms, biases, sink logits
       return False
     if names[0] in ("embed", "pos_embed") or names[-1] == "pos_embed":
       return bool(decay_embeddings)
@@ -35,11 +39,37 @@ def decay_mask(params, decay_embeddings: bool):
   return jax.tree_util.tree_map_with_path(wants_decay, params)
 
 
+def clip_by_shared_global_norm(max_norm: float) -> optax.GradientTransformationExtraArgs:
+  """`optax.clip_by_global_norm` that reuses the norm the train step already computed (`grad_norm=`).
+
+  The step reports the gradient norm anyway; computing it again inside the optimizer is a second
+  sum-of-squares pass over every gradient array (hundreds of small kernels per step on a GPU). Same
+  arithmetic as optax's, and the same (empty) state, so existing checkpoints restore unchanged; without
+  `grad_norm` it computes the norm itself.
+  """
+
+  def update(updates, state, params=None, *, grad_norm=None, **extra_args):
+    del params, extra_args
+    g_norm = optax.global_norm(updates) if grad_norm is None else grad_norm
+    trigger = jnp.squeeze(g_norm < max_norm)
+    updates = jax.tree.map(lambda t: jax.lax.select(trigger, t, (t / g_norm.astype(t.dtype)) * max_norm), updates)
+    return updates, state
+
+  return optax.GradientTransformationExtraArgs(optax.init_empty_state, update)
+
+
+def update_with_grad_norm(optimizer, grads, opt_state, params, grad_norm):
+  """optimizer.update, handing over the already computed global gradient norm when the chain accepts it."""
+  if isinstance(optimizer, optax.GradientTransformationExtraArgs):
+    return optimizer.update(grads, opt_state, params, grad_norm=grad_norm)
+  return optimizer.update(grads, opt_state, params)
+
+
 def make_optimizer(train_cfg, params) -> optax.GradientTransformation:
   schedule = learning_rate_schedule(train_cfg)
   chain = []
   if float(train_cfg.grad_clip) > 0:
-    chain.append(optax.clip_by_global_norm(float(train_cfg.grad_clip)))
+    chain.append(clip_by_shared_global_norm(float(train_cfg.grad_clip)))
   if train_cfg.get("optimizer", "adamw") != "adamw":
     chain.append(make_matrix_optimizer(train_cfg, params, schedule))
   else:

@@ -18,6 +18,7 @@ from jax.sharding import PartitionSpec as P
 
 from modernlm_jax.model import ModelConfig, init_params, param_logical_axes
 from modernlm_jax.train import mesh as mesh_lib
+from modernlm_jax.train import optim as optim_lib
 
 
 @flax.struct.dataclass
@@ -96,7 +97,7 @@ def make_train_step(objective, optimizer, schedule, *, accum_steps: int = 1, gua
       (loss, sums), grads = zeros
       (loss, sums, grads), _ = jax.lax.scan(body, (loss, sums, grads), (batch, jnp.arange(accum_steps)))
     grad_norm = optax.global_norm(grads)
-    updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
+    updates, new_opt_state = optim_lib.update_with_grad_norm(optimizer, grads, state.opt_state, state.params, grad_norm)
     new_params = optax.apply_updates(state.params, updates)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     if guard_nonfinite:
