@@ -65,7 +65,6 @@ from modernlm_jax.compare import stats as stats_lib
 GO, FIX_FIRST, STOP = "GO", "FIX FIRST", "STOP"
 
 BELOW, GOOD_ENOUGH, PROMISING, EXCELLENT, MISSING = "below", "good_enough", "promising", "excellent", "missing"
-TIER_RANK = {MISSING: -1, BELOW: 0, GOOD_ENOUGH: 1, PROMISING: 2, EXCELLENT: 3}
 RATIO_KEYS = ("loss_ratio", "statefulness_ratio", "speed_ratio", "memory_ratio")
 
 LOSS_GATE = 1.15  # viability: "not >15 % worse on loss"

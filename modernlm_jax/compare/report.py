@@ -74,13 +74,11 @@ def _fmt_summary(s: stats_lib.Summary | None, digits: int = 4, scale: float = 1.
 def _mark(cand: stats_lib.Summary | None, base: stats_lib.Summary | None, kind: str) -> str:
     if cand is None or base is None:
         return ""
-    if cand.n < 2 or base.n < 2:
-        mark = "n/a"
-    else:
-        mark = "*" if stats_lib.is_significant(cand, base) else ""
-    if base.mean != 0 and stats_lib.is_practically_meaningful(kind, cand.mean, base.mean):
-        mark = (mark + "†") if mark != "n/a" else "n/a †"
-    return mark
+    if cand.n >= 2 and base.n >= 2:
+        return stats_lib.significance_mark(cand, base, kind)
+    # One seed: significance is undefined, a practically meaningful gain is still worth marking.
+    practical = base.mean != 0 and stats_lib.is_practically_meaningful(kind, cand.mean, base.mean)
+    return "n/a †" if practical else "n/a"
 
 
 def _delta(cand: stats_lib.Summary | None, base: stats_lib.Summary | None) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import numpy as np
 
@@ -110,8 +110,3 @@ def significance_mark(candidate: Summary, baseline: Summary, kind: str) -> str:
         if is_practically_meaningful(kind, candidate.mean, baseline.mean):
             mark += "†"
     return mark
-
-
-def nanless(values: Sequence[float | None]) -> list[float]:
-    """Drops None entries (JSON nulls for 'not measured')."""
-    return [float(v) for v in values if v is not None]
