@@ -182,6 +182,7 @@ class PoisonOneBatch:
     self.index = int(state["step"])
 
 
+@pytest.mark.slow
 def test_nonfinite_guard_reports_the_data_position_of_the_bad_batch(corpus_config, tmp_path):
   config = corpus_config.copy_and_resolve_references()
   config.train.async_checkpoint = False

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = ("--config.model.n_layers=1 --config.model.d_model=32 --config.model.n_heads=2 --config.model.d_ff=64 "
               "--config.model.vocab_size=64")
@@ -18,6 +20,7 @@ def _env():
   return env
 
 
+@pytest.mark.slow
 def test_gpu_matrix_script_prints_a_row_per_variant_and_reports_failures(tmp_path):
   bench = (f"--config={REPO}/configs/bench.py:modern-tiny {TINY_MODEL} --config.bench.batch_size=2 "
            "--config.bench.seq_len=16 --config.bench.steps=1 --config.bench.warmup=1 --config.mesh.data=1")
@@ -35,6 +38,7 @@ def test_gpu_matrix_script_prints_a_row_per_variant_and_reports_failures(tmp_pat
   assert (tmp_path / "bench_ok" / "bench.json").is_file()
 
 
+@pytest.mark.slow
 def test_decode_speed_script_measures_prefill_and_decode():
   proc = subprocess.run(
       [sys.executable, str(REPO / "benchmarks" / "decode_speed.py"), "gpt2-tiny", "--prefill=16", "--decode=4",
@@ -48,6 +52,7 @@ def test_decode_speed_script_measures_prefill_and_decode():
   assert proc.stdout.rstrip().splitlines()[-1].startswith("gpt2-tiny")
 
 
+@pytest.mark.slow
 def test_hlo_dump_script_packs_the_optimised_step(tmp_path):
   import tarfile
 
@@ -61,6 +66,7 @@ def test_hlo_dump_script_packs_the_optimised_step(tmp_path):
   assert any(n.endswith("after_optimizations.txt") and "step_fn" in n for n in names), names
 
 
+@pytest.mark.slow
 def test_torch_reference_benchmark_runs_tiny_on_cpu():
   proc = subprocess.run(
       [sys.executable, str(REPO / "benchmarks" / "torch_reference.py"), "--n_layer=1", "--n_embd=32", "--n_head=2",

@@ -180,6 +180,7 @@ def readable(ckpt_dir: Path, step: int) -> bool:
   return restored["meta"]["step"] == step
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", sorted(FAULTS))
 def test_damaged_newest_checkpoint_is_refused_with_reason_and_set_aside(fault, trained, tmp_path, caplog):
   damage, reason = FAULTS[fault]
@@ -198,6 +199,7 @@ def test_damaged_newest_checkpoint_is_refused_with_reason_and_set_aside(fault, t
   assert not (workdir / "checkpoints" / "8").exists()
 
 
+@pytest.mark.slow
 def test_resume_falls_back_past_three_damaged_checkpoints_with_identical_losses(trained, tmp_path, caplog):
   config, _, reference = trained
   workdir = copy_run(trained, tmp_path)

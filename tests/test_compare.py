@@ -35,6 +35,7 @@ BYTES_TOK = ml_collections.ConfigDict(dict(kind="bytes", vocab_size=8192, model_
 # --------------------------------------------------------------------------- presets
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", CONFIGS.PRESETS)
 def test_every_preset_builds_valid_member_configs(preset):
   c = CONFIGS.get_config(preset)

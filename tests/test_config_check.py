@@ -123,6 +123,7 @@ def test_tokenizer_size_is_not_checked_where_the_config_tokenizer_is_unused():
     check_config(bench)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_setting_is_refused_with_key_and_range(case):
   name, overrides, pattern = BAD[case]
@@ -154,6 +155,7 @@ def test_known_override_keys_pass():
   check_override_keys(["--config=configs/pretrain.py", "--config.train.steps=3", "--config.model.d_model=64"])
 
 
+@pytest.mark.slow
 def test_main_refuses_before_any_work(tmp_path):
   workdir = tmp_path / "run"
   proc = subprocess.run([sys.executable, "-m", "modernlm_jax.main", "--config=configs/pretrain.py",

@@ -106,6 +106,7 @@ def test_identical_policy_and_reference_give_log2_and_padding_does_not_count(tin
   np.testing.assert_allclose(float(sums["reward_margin"]), 0.0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_reference_gets_no_gradient_and_policy_does(tiny_model):
   model_cfg, params = tiny_model
   batch = batch_from_examples(random_pairs(2), "dpo", 40, 256)
@@ -124,6 +125,7 @@ def test_missing_reference_is_a_clear_error(tiny_model):
     DPOObjective(model_cfg).loss_sums(params, batch, None)
 
 
+@pytest.mark.slow
 def test_dpo_overfits_64_pairs_reward_accuracy_from_half_to_95_percent():
   cfg = byte_config(batch_size=64, lr=1e-2, warmup_steps=5, steps=20, weight_decay=0.0, grad_clip=1.0)
   cfg.dpo.beta = 0.5

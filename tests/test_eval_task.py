@@ -50,6 +50,7 @@ def test_config_defaults_and_bad_suite():
     eval_config.get_config("fast")
 
 
+@pytest.mark.slow
 def test_load_run_directory_restores_model_and_tokenizer(byte_run):
   m = load_eval_model(byte_run)
   assert m.step == 4 and m.tokenizer.identity == "bytes-v1"
@@ -57,6 +58,7 @@ def test_load_run_directory_restores_model_and_tokenizer(byte_run):
   assert load_eval_model(byte_run / "checkpoints" / "2").step == 2
 
 
+@pytest.mark.slow
 def test_forward_fn_pads_to_fixed_shapes_and_matches_apply(byte_run):
   m = load_eval_model(byte_run)
   fwd = m.forward_fn(context=32, batch_size=4)
@@ -164,6 +166,7 @@ def test_default_context_is_the_trained_length_and_the_reason_is_given(byte_run)
   assert evaluate.context_note(32, 32, None, 0) is None
 
 
+@pytest.mark.slow
 def test_eval_text_glob_split_and_stride(byte_run, tmp_path):
   (tmp_path / "a.txt").write_text("hello world " * 20)
   (tmp_path / "b.txt").write_text("goodbye moon " * 20)

@@ -51,6 +51,7 @@ def _pair(segments=False, alibi=False, sinks=False):
   return ref, fl
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype,atol", [(jnp.float32, 2e-5), (jnp.bfloat16, 3e-2)], ids=["f32", "bf16"])
 @pytest.mark.parametrize("option", list(OPTIONS))
 def test_flash_forward_and_gradients_match_reference(option, dtype, atol):
@@ -71,6 +72,7 @@ def test_flash_forward_and_gradients_match_reference(option, dtype, atol):
     assert float(jnp.max(jnp.abs(g[3]))) == 0.0  # no sink in the function: no sink gradient
 
 
+@pytest.mark.slow
 def test_flash_masks_other_documents_and_the_future():
   """Changing a later document or a later token leaves earlier outputs of other documents unchanged."""
   q, k, v, _, sink = _inputs(jnp.float32)
@@ -93,6 +95,7 @@ MODEL = dict(vocab_size=61, max_len=48, n_layers=2, d_model=32, n_heads=2, d_ff=
 
 @pytest.mark.parametrize("options", [dict(positions="rope+alibi", attn_sinks=True), dict(positions="learned")],
                          ids=["rope+alibi+sinks", "gpt2-like"])
+@pytest.mark.slow
 def test_model_flash_path_matches_reference_with_segments(options):
   """attention_impl=flash (interpreted on CPU) through the whole model: logits and parameter gradients."""
   cfg_ref = ModelConfig(**MODEL, **options, attention_impl="reference")

@@ -4,6 +4,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from absl.testing import parameterized
 
 from modernlm_jax.train.fused_ce import VOCAB_ALIGN, fused_cross_entropy, masked_logits, pad_vocab
@@ -42,6 +43,7 @@ class FusedCrossEntropyTest(chex.TestCase, parameterized.TestCase):
     chex.assert_trees_all_close(nll, _plain(h, w, t, m, 0.0), rtol=1e-5)
     chex.assert_trees_all_close(total, nll + 0.5 * z, rtol=1e-6)
 
+  @pytest.mark.slow
   def test_gradient_scales_with_the_cotangent_and_masked_tokens_get_none(self):
     h, w, t, m = _inputs()
     g1 = jax.grad(lambda h: fused_cross_entropy(h, w, t, m, 8)[0])(h)
@@ -49,6 +51,7 @@ class FusedCrossEntropyTest(chex.TestCase, parameterized.TestCase):
     chex.assert_trees_all_close(g3, 3.0 * g1, rtol=1e-5)
     assert bool(jnp.all(g1[~m] == 0)) and bool(jnp.any(g1[m] != 0))
 
+  @pytest.mark.slow
   def test_bf16_hidden_states_give_bf16_gradients_close_to_float32(self):
     h, w, t, m = _inputs()
     g16 = jax.grad(lambda h: fused_cross_entropy(h, w, t, m, 8)[0])(h.astype(jnp.bfloat16))

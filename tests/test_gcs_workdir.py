@@ -97,6 +97,7 @@ def test_metric_writer_on_gcs_appends_across_restarts(gcs):
   assert any(p.name.startswith("events.out.tfevents") for p in paths.path(workdir + "/tensorboard").iterdir())
 
 
+@pytest.mark.slow
 def test_gs_workdir_without_credentials_fails_fast_and_writes_nothing(tmp_path):
   cwd, home = tmp_path / "cwd", tmp_path / "home"
   cwd.mkdir()

@@ -54,12 +54,14 @@ def model(request):
   return cfg, params, [r for r, _ in refs]
 
 
+@pytest.mark.slow
 def test_greedy_with_cache_equals_full_forward_argmax(model):
   cfg, params, refs = model
   out = gen.generate(params, cfg, PROMPTS, max_new_tokens=NEW, prefill_chunk=CHUNK)
   assert out == refs
 
 
+@pytest.mark.slow
 def test_sinks_equal_greedy_within_capacity_and_stream_past_max_len(model):
   cfg, params, refs = model
   # Greedy is deterministic, so the first NEW tokens (all within the 32-slot cache) must match the
@@ -70,6 +72,7 @@ def test_sinks_equal_greedy_within_capacity_and_stream_past_max_len(model):
   assert all(0 <= t < cfg.vocab_size for r in out for t in r)
 
 
+@pytest.mark.slow
 def test_sampling_limits_reduce_to_greedy(model):
   cfg, params, refs = model
   common = dict(max_new_tokens=NEW, seed=3, prefill_chunk=CHUNK)

@@ -29,6 +29,7 @@ def ckpt(tmp_path_factory):
   return d, params
 
 
+@pytest.mark.slow
 def test_greedy_prompts_from_flags_and_file_equal_generate(ckpt, tmp_path, capsys):
   d, params = ckpt
   (tmp_path / "p.txt").write_text("A third one\n\nline\\nbreak\n")
@@ -44,6 +45,7 @@ def test_greedy_prompts_from_flags_and_file_equal_generate(ckpt, tmp_path, capsy
   assert all(r["tokens"] == 6 for r in rows)
 
 
+@pytest.mark.slow
 def test_stream_sinks_generate_past_the_cache_and_sampling_is_seeded(ckpt, capsys):
   d, _ = ckpt
   base = ["--checkpoint", str(d), "--prompt", "Hello", "--max_new_tokens", "40", "--jsonl", "--no_stop"]
@@ -68,6 +70,7 @@ def test_bad_inputs_are_clear_errors(ckpt, tmp_path, capsys):
   assert main(["--checkpoint", str(d), "--prompt", "x", "--top_p", "0"]) == 1
 
 
+@pytest.mark.slow
 def test_module_and_console_forms(ckpt):
   d, _ = ckpt
   cmd = [sys.executable, "-m", "modernlm_jax.generate", "--checkpoint", str(d), "--prompt", "Hi", "--temperature", "0",

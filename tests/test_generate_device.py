@@ -34,6 +34,7 @@ def params():
   return numpy_init(CFG, std=CFG.init_std)
 
 
+@pytest.mark.slow
 def test_one_call_matches_host_driven_greedy_and_sampling(params):
   assert gen.generate(params, CFG, PROMPTS, max_new_tokens=6, prefill_chunk=4) == _host_driven(params, CFG, PROMPTS,
                                                                                                  6, 4)
@@ -41,6 +42,7 @@ def test_one_call_matches_host_driven_greedy_and_sampling(params):
   assert sampled == _host_driven(params, CFG, PROMPTS, 6, 64, temperature=0.8, top_k=10, top_p=0.9, seed=3)
 
 
+@pytest.mark.slow
 def test_streaming_prefill_in_scanned_chunks_matches_host_driven(params):
   long_prompt = [list(np.arange(30) % 60 + 1)]
   out = gen.generate(params, CFG, long_prompt, max_new_tokens=8, stream_sinks=2, cache_len=16, prefill_chunk=4)

@@ -73,6 +73,7 @@ def saved_dir(hf_model, tmp_path_factory):
 class TestImport:
 
   # Eager (no-jit) runs dispatch op by op and are slow on 2 cores, so one kernel covers that variant.
+  @pytest.mark.slow
   @pytest.mark.parametrize("impl,jitted", [("reference", True), ("xla", True), ("reference", False)])
   def test_safetensors_logits_match(self, hf_model, saved_dir, impl, jitted):
     params, cfg = hf_gpt2.import_hf_gpt2(saved_dir, attention_impl=impl)

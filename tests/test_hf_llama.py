@@ -58,6 +58,7 @@ def hf_logits(model, tokens_BT):
     return model(torch.from_numpy(np.asarray(tokens_BT)).long()).logits.numpy()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_export_logits_match_transformers_and_roundtrip_is_exact(name, tmp_path):
   cfg = ModelConfig(**{**BASE, **CONFIGS[name]})

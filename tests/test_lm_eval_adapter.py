@@ -10,12 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # local json data files only: nothing may be downloaded
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-import pytest  # noqa: E402
 
 lm_eval = pytest.importorskip("lm_eval")
 
@@ -132,6 +133,7 @@ def _evaluate(lm, task_files, tasks):
                                  log_samples=True, num_fewshot=0)
 
 
+@pytest.mark.slow
 def test_lambada_and_hellaswag_through_lm_eval_equal_our_tasks(model, task_files):
   lm = ModernLM(model=model, batch_size=8)
   results = _evaluate(lm, task_files, ["local_lambada", "local_hellaswag"])
@@ -155,6 +157,7 @@ def test_lambada_and_hellaswag_through_lm_eval_equal_our_tasks(model, task_files
   assert len(set(np.round(got, 3))) > len(samples)  # distinct values: a real comparison, not constants
 
 
+@pytest.mark.slow
 def test_loglikelihood_rolling_scores_every_token_once(model, task_files):
   lm = ModernLM(model=model, batch_size=4, context=64)
   text = (task_files / "lambada.jsonl").read_text().splitlines()[0]

@@ -44,6 +44,7 @@ def tokens(b=2, t=12, seed=1, vocab=61):
   return jax.random.randint(jax.random.key(seed), (b, t), 0, vocab)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_forward_shape_and_finite(variant):
   cfg, model, params = make(variant)
@@ -52,6 +53,7 @@ def test_forward_shape_and_finite(variant):
   chex.assert_tree_all_finite(logits)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_causality(variant):
   _, model, params = make(variant)
@@ -63,6 +65,7 @@ def test_causality(variant):
   assert not np.allclose(a[:, 7:], b[:, 7:])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_kv_cache_decode_equals_full_forward(variant):
   cfg, model, params = make(variant)
@@ -79,6 +82,7 @@ def test_kv_cache_decode_equals_full_forward(variant):
   chex.assert_trees_all_close(jnp.concatenate(steps, axis=1), full, atol=2e-4, rtol=2e-4)
 
 
+@pytest.mark.slow
 def test_streaming_cache_matches_linear_cache_within_capacity():
   cfg, model, params = make("modern")
   x = tokens(t=8)
@@ -111,6 +115,7 @@ def test_padding_positions_do_not_write_cache():
   assert np.asarray(cache["pos"][0]).tolist() == [0] + [-1] * 7
 
 
+@pytest.mark.slow
 def test_segment_ids_isolate_documents():
   _, model, params = make("modern")
   x = tokens(b=1, t=10)
@@ -154,6 +159,7 @@ def test_alibi_slopes_formula(n):
   np.testing.assert_allclose(bias[0, :, 2, 0], -2 * slopes, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_gate_and_sinks_change_parameters_and_outputs():
   _, model_plain, p_plain = make("modern")
   cfg_g, model_g, p_g = make("modern", attn_gate="elementwise")
@@ -177,6 +183,7 @@ def test_gate_and_sinks_change_parameters_and_outputs():
   assert not np.allclose(model_s.apply({"params": p_s}, x), model_plain.apply({"params": shared}, x), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_sink_reference_attention_matches_explicit_extra_key():
   q, k, v = (jax.random.normal(jax.random.key(i), (1, 3, 2, 4)) for i in range(3))
   sink = jnp.array([0.5, -1.0])
@@ -189,6 +196,7 @@ def test_sink_reference_attention_matches_explicit_extra_key():
   chex.assert_trees_all_close(out, jnp.einsum("bhts,bshd->bthd", p, v), atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["gpt2", "modern", "alibi", "rope+alibi+gate"])
 @pytest.mark.parametrize("use_segments", [False, True])
 def test_xla_kernel_matches_reference(variant, use_segments):
@@ -239,6 +247,7 @@ class JitTest(chex.TestCase):
     chex.assert_trees_all_close(out, ref, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_params():
   cfg, model, params = make("modern", dtype="bfloat16")
   assert all(l.dtype == jnp.float32 for l in jax.tree_util.tree_leaves(params))
@@ -258,6 +267,7 @@ def test_every_parameter_has_logical_axes():
     assert len(spec) == leaf.ndim and all(isinstance(a, str) for a in spec), (path, spec)
 
 
+@pytest.mark.slow
 def test_return_hidden_and_logits_from_hidden():
   from modernlm_jax.model import logits_from_hidden
   for variant in ("gpt2", "modern"):
@@ -267,6 +277,7 @@ def test_return_hidden_and_logits_from_hidden():
     chex.assert_trees_all_close(logits_from_hidden(params, cfg, h), model.apply({"params": params}, tokens()), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_remat_does_not_change_outputs():
   _, model, params = make("modern")
   _, model_r, _ = make("modern", remat="full")
@@ -277,6 +288,7 @@ def test_remat_does_not_change_outputs():
 
 # ---- presets and the scale table -----------------------------------------------------------------
 
+@pytest.mark.slow
 def test_scale_table_matched_within_two_percent():
   rows = scales.scale_table()
   assert len(rows) == 2 * len(scales.SCALES) or len(rows) >= 10
@@ -289,6 +301,7 @@ def test_scale_table_matched_within_two_percent():
   assert 250e6 < by_name["modern-253m"]["total"] < 256e6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [f"{f}-{s}" for s in ("tiny", "3.5m", "8m", "30m") for f in ("gpt2", "modern")])
 def test_small_presets_run_forward_on_cpu(name):
   cfg = scales.preset(name)

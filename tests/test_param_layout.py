@@ -20,6 +20,7 @@ def _equal_trees(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+@pytest.mark.slow
 def test_default_tree_is_unchanged():
   params = init_params(BASE, 0)
   assert sorted(params) == ["embed", "final_norm", "layer_0", "layer_1", "layer_2", "pos_embed"]
@@ -27,6 +28,7 @@ def test_default_tree_is_unchanged():
                                                 "query_kernel", "value_bias", "value_kernel"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("family", ["gpt2", "modern"])
 def test_layout_is_the_same_function_and_converts_losslessly(layout, family):

@@ -90,6 +90,7 @@ def _reference_loss_and_grads():
   return _loss_and_grads(ModelConfig(**ONE_BLOCK))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("remat", ["full", "dots_no_batch"])  # "dots" differs only in the policy table
 def test_remat_policies_give_the_same_loss_and_gradients(remat):
   chex.assert_trees_all_close(_loss_and_grads(ModelConfig(**ONE_BLOCK, remat=remat)), _reference_loss_and_grads(),

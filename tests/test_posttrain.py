@@ -237,6 +237,7 @@ def test_shared_alpaca_and_hh_rlhf_subsets_load(shared_data_dir):
 # ----------------------------------------------------------------------------- the SFT objective
 
 
+@pytest.mark.slow
 def test_sft_loss_ignores_prompt_targets_and_sees_response_targets(sft_data):
     model_cfg = ModelConfig.from_dict(TINY_MODEL)
     params = init_params(model_cfg, 0)
@@ -252,6 +253,7 @@ def test_sft_loss_ignores_prompt_targets_and_sees_response_targets(sft_data):
     assert abs(float(loss(changed_response)) - base) > 1e-3
 
 
+@pytest.mark.slow
 def test_sft_overfits_64_examples_response_loss_falls_80_percent():
     # Each response repeats its prompt's random word: 64 examples a tiny model fits in a few dozen steps.
     rng = np.random.default_rng(0)

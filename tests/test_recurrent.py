@@ -88,6 +88,7 @@ class TestWKVRecurrence(chex.TestCase):
     o_ref, final_ref = rwkv.wkv6_scan_reference(r, k, v, logw, u, runs_BT=runs, state0_BHKV=s0)
     chex.assert_trees_all_close((o, final), (o_ref, final_ref), atol=1e-4, rtol=1e-5)
 
+  @pytest.mark.slow
   def test_extreme_decays_stay_finite_in_value_and_gradient(self):
     # Decays at the clamp (-20 per step) over whole chunks: a naive exp(-cumsum) factorisation overflows here.
     r, k, v, _, u, _ = random_wkv_inputs(3, T=64)
@@ -275,6 +276,7 @@ class TestFullModel:
     return cfg, params, jax.jit(lambda p, tok, pos, seg: LanguageModel(cfg).apply({"params": p}, tok, positions=pos,
                                                                                    segment_ids=seg))
 
+  @pytest.mark.slow
   def test_token_by_token_decoding_equals_full_forward(self):
     cfg, params, forward = self.tiny_hybrid()
     n = 20
@@ -299,6 +301,7 @@ class TestFullModel:
     alone = alone[:, :n - cut]
     chex.assert_trees_all_close(packed[:, cut:], alone, atol=1e-4, rtol=1e-4)
 
+  @pytest.mark.slow
   def test_several_chunks_in_bfloat16_track_float32(self):
     cfg = small_cfg(dtype="bfloat16")
     params = jax.jit(lambda: init_params(cfg, init_key(14)))()

@@ -166,6 +166,7 @@ def _copy(src, dst):
   return dst
 
 
+@pytest.mark.slow
 def test_data_position_must_equal_the_model_step(four_steps, tmp_path, caplog):
   config, src, reference = four_steps
   workdir = _copy(src, tmp_path / "run")
@@ -179,6 +180,7 @@ def test_data_position_must_equal_the_model_step(four_steps, tmp_path, caplog):
   assert (workdir / "checkpoints_unreadable" / "4").is_dir()
 
 
+@pytest.mark.slow
 def test_changed_schedule_is_refused_listing_the_differences(four_steps, tmp_path):
   config, src, _ = four_steps
   workdir = _copy(src, tmp_path / "run")
@@ -194,6 +196,7 @@ def test_changed_schedule_is_refused_listing_the_differences(four_steps, tmp_pat
   assert rows and rows[0]["step"] == 4 and json.loads(rows[0]["schedule_changed"])["lr"] == [0.003, 0.001]
 
 
+@pytest.mark.slow
 def test_metrics_are_truncated_to_the_restored_step(four_steps, tmp_path):
   config, src, reference = four_steps
   workdir = _copy(src, tmp_path / "run")

@@ -62,6 +62,7 @@ def test_the_old_standardising_variant_is_blind_to_collapse_and_scale(scores, na
   assert scores[name][1] < 5 * max(scores["isotropic"][1], 1e-5), scores
 
 
+@pytest.mark.slow
 def test_gradient_moves_a_collapsed_sample_toward_isotropy():
   rng = np.random.default_rng(1)
   x = rng.standard_normal((1024, 1)) @ rng.standard_normal((1, 8)) / np.sqrt(8) + 0.05 * rng.standard_normal((1024, 8))

@@ -33,6 +33,7 @@ def turns(seed, lengths):
   return [list(rng.integers(0, VOCAB, n)) for n in lengths]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["hybrid", "attn"])
 def test_turn_by_turn_equals_full_forward_and_compiles_once(kind):
   cfg, params, forward = model(kind)
@@ -49,6 +50,7 @@ def test_turn_by_turn_equals_full_forward_and_compiles_once(kind):
   assert session.traces - traces_before <= 1  # one compiled chunk step for every turn length
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["hybrid", "attn"])
 def test_generate_continues_the_carried_state(kind):
   cfg, params, forward = model(kind)

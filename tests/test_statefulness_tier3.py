@@ -143,6 +143,7 @@ def test_ties_earn_fractional_credit():
     assert statefulness.credit([0.0, -1.0], 1) == 0.0 and statefulness.credit([-2.0, -1.0], 1) == 1.0
 
 
+@pytest.mark.slow
 def test_run_probes_pools_probe_seeds():
     tok = WordTokenizer([p.context for s in (0, 1) for p in statefulness.make_probes(s, num_per_tier=2, distances=(2,))]
                         + [c for s in (0, 1) for p in statefulness.make_probes(s, num_per_tier=2, distances=(2,))

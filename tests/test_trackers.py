@@ -83,6 +83,7 @@ def test_tracker_names_are_checked():
     parse_trackers("tensorboard,mlflow")
 
 
+@pytest.mark.slow
 def test_metric_writer_feeds_wandb_offline_and_a_local_trackio_project(tmp_path):
   pytest.importorskip("wandb")
   pytest.importorskip("trackio")

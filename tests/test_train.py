@@ -26,6 +26,7 @@ def run_losses(config, workdir, stage=None):
   return losses, out
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices: XLA_FLAGS set by the root conftest.py")
 def test_mesh_shapes_give_the_same_losses_and_shard_params(tmp_path):
   results = {}
@@ -45,6 +46,7 @@ def test_mesh_shapes_give_the_same_losses_and_shard_params(tmp_path):
   assert w.addressable_shards[0].data.shape == (32 // 2, 64 // 2)  # really split over fsdp=2 and tensor=2
 
 
+@pytest.mark.slow
 def test_exact_resume(tmp_path):
   straight = tiny_config(steps=6, checkpoint_every=3, mesh=(1, 1, 1))
   losses_a, out_a = run_losses(straight, tmp_path / "a")
@@ -56,6 +58,7 @@ def test_exact_resume(tmp_path):
   chex.assert_trees_all_equal(jax.device_get(out_a["params"]), jax.device_get(out_b["params"]))
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_big_batch():
   cfg = tiny_config(batch_size=8, mesh=(1, 1, 1))
   model_cfg = ModelConfig.from_dict(cfg.model)
@@ -80,6 +83,7 @@ class _Identity:
     return ()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["gpt2", "modern"])
 def test_overfits_a_tiny_fixed_batch(family):
   cfg = tiny_config(family, batch_size=4, lr=1e-2, warmup_steps=5, steps=150, grad_clip=1.0, weight_decay=0.0)
@@ -119,6 +123,7 @@ def _poisoned_stage(cfg, bad):
   return stage
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path):
   cfg = tiny_config(steps=8, checkpoint_every=2, mesh=(1, 1, 1))
   with pytest.raises(NonFiniteLossError, match=r"at step 4 .*data position .*last good checkpoint: step 4"):
@@ -130,6 +135,7 @@ def test_nonfinite_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path):
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(state_tree["params"]))
 
 
+@pytest.mark.slow
 def test_skip_nonfinite_counts_and_continues(tmp_path):
   cfg = tiny_config(steps=6, mesh=(1, 1, 1), skip_nonfinite=True)
   out = train(cfg, tmp_path, _poisoned_stage(cfg, bad=2))
@@ -137,6 +143,7 @@ def test_skip_nonfinite_counts_and_continues(tmp_path):
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(out["params"]))
 
 
+@pytest.mark.slow
 def test_nonfinite_guard_keeps_state_only_when_asked():
   """The guard (needed to skip) keeps the old state; unguarded, the NaN reaches it and the loop must stop."""
   cfg = tiny_config(steps=2, mesh=(1, 1, 1))
@@ -153,6 +160,7 @@ def test_nonfinite_guard_keeps_state_only_when_asked():
     assert kept == guard
 
 
+@pytest.mark.slow
 def test_workdir_with_other_model_is_refused_and_untouched(tmp_path):
   cfg = tiny_config(steps=2, checkpoint_every=2, mesh=(1, 1, 1))
   train(cfg, tmp_path, synthetic_stage(cfg))
