@@ -161,6 +161,7 @@ def test_profile_command_prints_top_ops(profiled_bench):
     assert r.name[:20] in out
 
 
+@pytest.mark.slow
 def test_profile_cli_summarises_an_existing_trace(profiled_bench, capsys):
   workdir, rows, _ = profiled_bench
   printed_rows = profile.main(["profile", f"--trace_dir={workdir / 'profile'}", "--top=3"])

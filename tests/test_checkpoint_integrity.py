@@ -222,6 +222,7 @@ def test_resume_falls_back_past_three_damaged_checkpoints_with_identical_losses(
   assert all(readable(workdir / "checkpoints", s) for s in (2, 4, 6, 8))  # written again by the resumed run
 
 
+@pytest.mark.slow
 def test_no_readable_checkpoint_stops_and_touches_nothing(trained, tmp_path):
   config, _, _ = trained
   workdir = copy_run(trained, tmp_path)

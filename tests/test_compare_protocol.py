@@ -26,6 +26,7 @@ def _configs():
 CONFIGS = _configs()
 
 
+@pytest.mark.slow
 def test_flops_budget_matches_training_flops_of_the_real_presets():
   from modernlm_jax.train.flops import flops_per_token
 

@@ -81,6 +81,7 @@ def logps_case():
   return model_cfg, params, batch, expected
 
 
+@pytest.mark.slow
 class ResponseLogpsTest(chex.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)

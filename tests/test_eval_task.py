@@ -74,6 +74,7 @@ def test_forward_fn_pads_to_fixed_shapes_and_matches_apply(byte_run):
     m.forward_fn(context=64, batch_size=4)
 
 
+@pytest.mark.slow
 def test_generate_fn_left_truncates_and_counts(byte_run):
   m = load_eval_model(byte_run)
   gen = m.generate_fn(context=32, batch_size=4)

@@ -27,6 +27,7 @@ def _plain(h, w, t, m, z_coef):
   return jnp.sum(mf * nll) + z_coef * jnp.sum(mf * lse**2)
 
 
+@pytest.mark.slow
 class FusedCrossEntropyTest(chex.TestCase, parameterized.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)

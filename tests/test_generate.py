@@ -81,6 +81,7 @@ def test_sampling_limits_reduce_to_greedy(model):
   assert gen.generate(params, cfg, PROMPTS, temperature=1.0, top_p=1e-6, **common) == refs
 
 
+@pytest.mark.slow
 def test_stop_token_truncates_each_row(model):
   cfg, params, refs = model
   stop = refs[0][3]

@@ -61,6 +61,7 @@ def test_stream_sinks_generate_past_the_cache_and_sampling_is_seeded(ckpt, capsy
   assert outs[0] == outs[1] != outs[2]
 
 
+@pytest.mark.slow
 def test_bad_inputs_are_clear_errors(ckpt, tmp_path, capsys):
   d, _ = ckpt
   assert main(["--checkpoint", str(d)]) == 1

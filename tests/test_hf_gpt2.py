@@ -70,6 +70,7 @@ def saved_dir(hf_model, tmp_path_factory):
   return d
 
 
+@pytest.mark.slow
 class TestImport:
 
   # Eager (no-jit) runs dispatch op by op and are slow on 2 cores, so one kernel covers that variant.
@@ -222,6 +223,7 @@ class TestErrors:
       hf_gpt2.export_hf_gpt2(params, cfg.replace(max_len=48), tmp_path)
 
 
+@pytest.mark.slow
 class TestCommand:
 
   def test_import_then_export_via_cli(self, saved_dir, hf_model, tmp_path, capsys):

@@ -193,6 +193,7 @@ def test_generate_until_is_greedy_and_stops_at_the_stop_string(model):
     lm.generate_until([Instance("generate_until", {}, ("x", {"do_sample": True}), 0)])
 
 
+@pytest.mark.slow
 def test_registered_for_the_python_api_and_cli_errors(tmp_path):
   from lm_eval.api.registry import get_model
 

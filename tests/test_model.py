@@ -98,6 +98,7 @@ def test_streaming_cache_matches_linear_cache_within_capacity():
   chex.assert_trees_all_close(out[None], out[2], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_streaming_cache_keeps_sinks_and_rolls_window():
   cfg, model, params = make("modern")
   cache = init_cache(cfg, batch_size=1, max_len=6)
@@ -236,6 +237,7 @@ def test_kernel_selection_logic():
   assert sel(base.replace(attention_impl="reference")) == "reference"
 
 
+@pytest.mark.slow
 class JitTest(chex.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)

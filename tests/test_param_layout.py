@@ -55,6 +55,7 @@ def test_layout_is_the_same_function_and_converts_losslessly(layout, family):
     assert param_logical_axes(cfg)[SCANNED_LAYERS]["mlp_norm"]["scale"] == jax.sharding.PartitionSpec("layers", "norm")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_decay_mask_is_the_default_one_in_any_layout(layout):
   cfg = BASE.replace(**LAYOUTS[layout])

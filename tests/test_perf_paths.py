@@ -52,6 +52,7 @@ def test_optimised_step_matches_reference_step_for_10_steps(tmp_path, capsys):
   assert '"max_abs_diff"' in capsys.readouterr().out
 
 
+@pytest.mark.slow
 class ChunkedLossTest(chex.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)
@@ -97,6 +98,7 @@ def test_remat_policies_give_the_same_loss_and_gradients(remat):
                               rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_dropping_single_segment_ids_is_the_same_function():
   chex.assert_trees_all_close(_loss_and_grads(ModelConfig(**ONE_BLOCK), use_segment_ids=False),
                               _reference_loss_and_grads(), rtol=1e-5, atol=1e-6)

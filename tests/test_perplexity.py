@@ -64,6 +64,7 @@ def brute_stream_nats(tables, ids, context, stride):
     return total
 
 
+@pytest.mark.slow
 class StreamTest(chex.TestCase):
 
     @chex.variants(with_jit=True, without_jit=True)

@@ -364,6 +364,7 @@ def test_bad_input_errors(cfg, tmp_path):
 # ----------------------------------------------------------------------------- real corpora
 
 
+@pytest.mark.slow
 def test_builtin_source_works_offline(token_cache_dir):
     config = default_data_config()
     config.update(seq_len=64, prefetch=0)

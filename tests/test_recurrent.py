@@ -77,6 +77,7 @@ def random_wkv_inputs(seed, B=2, T=29, H=2, K=4, decay_scale=2.0):
           normal(rng, B, H, K, K))
 
 
+@pytest.mark.slow
 class TestWKVRecurrence(chex.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)
@@ -152,6 +153,7 @@ def arange_positions(t, offset=0):
 KINDS = parameterized.parameters("ssm", "rwkv")
 
 
+@pytest.mark.slow
 class TestMixerModule(chex.TestCase):
 
   @KINDS
@@ -265,6 +267,7 @@ class TestConfigAndFamily:
       assert len(spec) == len(shape.shape) and all(isinstance(n, str) for n in spec), (spec, shape)
 
 
+@pytest.mark.slow
 class TestFullModel:
 
   @staticmethod

@@ -65,6 +65,7 @@ def test_generate_continues_the_carried_state(kind):
   chex.assert_trees_all_close(logits, full[-1], atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_sampling_stops_and_snapshots_branch_the_conversation():
   cfg, params, _ = model("hybrid")
   session = StatefulSession(cfg, params, chunk_size=8)

@@ -72,6 +72,7 @@ def test_bad_arguments():
         statefulness.make_probes(0, distances=(10_000,))
 
 
+@pytest.mark.slow
 class ProbeRunTest(chex.TestCase):
 
     @chex.variants(with_jit=True, without_jit=True)
