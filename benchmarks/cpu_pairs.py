@@ -73,13 +73,42 @@ def main(argv=None):
           env.pop("XLA_FLAGS", None)
         else:  # the old main.py applied the YNN workaround to every run; time the baseline as it ran
           env["XLA_FLAGS"] = "--xla_cpu_experimental_ynn_fusion_type="
-        out = _run([sys.executable, "-c", _JAX_SNIPPET, str(root / "configs" / "bench.py"), L, D, H, V, B, T,
-                    str(args.steps), dtype], env)
+        out = _run(
+          [
+            sys.executable,
+            "-c",
+            _JAX_SNIPPET,
+            str(root / "configs" / "bench.py"),
+            L,
+            D,
+            H,
+            V,
+            B,
+            T,
+            str(args.steps),
+            dtype,
+          ],
+          env,
+        )
         results.append({"side": name, "dtype": dtype, "round": r, **out})
         print(json.dumps(results[-1]), flush=True)
-      out = _run([sys.executable, str(REPO / "benchmarks" / "torch_reference.py"), f"--n_layer={L}", f"--n_embd={D}",
-                  f"--n_head={H}", f"--vocab={V}", f"--batch={B}", f"--seq={T}", f"--steps={args.steps}", "--warmup=2",
-                  f"--dtype={dtype}", "--device=cpu"], dict(os.environ))
+      out = _run(
+        [
+          sys.executable,
+          str(REPO / "benchmarks" / "torch_reference.py"),
+          f"--n_layer={L}",
+          f"--n_embd={D}",
+          f"--n_head={H}",
+          f"--vocab={V}",
+          f"--batch={B}",
+          f"--seq={T}",
+          f"--steps={args.steps}",
+          "--warmup=2",
+          f"--dtype={dtype}",
+          "--device=cpu",
+        ],
+        dict(os.environ),
+      )
       results.append({"side": "torch", "dtype": dtype, "round": r, **out})
       print(json.dumps(results[-1]), flush=True)
   print(f"{'dtype':<10}{'side':<10}{'tok/s (median)':>16}{'tok/cpu-s':>12}{'× torch wall':>14}{'× torch cpu':>13}")

@@ -40,29 +40,45 @@ def measure_generate(params, cfg, prompts, n_new: int, repeats: int) -> dict:
   t1 = _median_time(lambda: run(1), repeats)
   tn = _median_time(lambda: run(n_new), repeats)
   extra = (n_new - 1) * len(prompts)
-  return {"prefill": {"n_tokens": len(prompts[0]), "batch": len(prompts), "median_s": t1},
-          "decode": {"n_tokens": n_new, "batch": len(prompts), "total_s": tn,
-                     "tokens_per_s": extra / max(tn - t1, 1e-9) if n_new > 1 else float("nan")}}
+  return {
+    "prefill": {"n_tokens": len(prompts[0]), "batch": len(prompts), "median_s": t1},
+    "decode": {
+      "n_tokens": n_new,
+      "batch": len(prompts),
+      "total_s": tn,
+      "tokens_per_s": extra / max(tn - t1, 1e-9) if n_new > 1 else float("nan"),
+    },
+  }
 
 
 def measure_hf(cfg, prompts, n_new: int, repeats: int) -> dict:
   import torch
   from transformers import GPT2Config, GPT2LMHeadModel
 
-  hf_cfg = GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.max_len, n_embd=cfg.d_model, n_layer=cfg.n_layers,
-                      n_head=cfg.n_heads, n_inner=cfg.d_ff)
+  hf_cfg = GPT2Config(
+    vocab_size=cfg.vocab_size,
+    n_positions=cfg.max_len,
+    n_embd=cfg.d_model,
+    n_layer=cfg.n_layers,
+    n_head=cfg.n_heads,
+    n_inner=cfg.d_ff,
+  )
   model = GPT2LMHeadModel(hf_cfg).eval()
   ids = torch.tensor(prompts)
 
   def run(n):
     with torch.no_grad():
-      model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                     pad_token_id=0)
+      model.generate(
+        ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0
+      )
 
   t1 = _median_time(lambda: run(1), repeats)
   tn = _median_time(lambda: run(n_new), repeats)
-  return {"prefill": {"median_s": t1}, "decode": {"tokens_per_s": (n_new - 1) * len(prompts) / max(tn - t1, 1e-9)},
-          "threads": torch.get_num_threads()}
+  return {
+    "prefill": {"median_s": t1},
+    "decode": {"tokens_per_s": (n_new - 1) * len(prompts) / max(tn - t1, 1e-9)},
+    "threads": torch.get_num_threads(),
+  }
 
 
 def main():
@@ -96,8 +112,9 @@ def main():
   print(f"{'preset':<16}{'batch':>6}{'prefill ms':>12}{'decode tok/s':>14}{'HF prefill ms':>15}{'HF decode tok/s':>17}")
   for name, out in rows:
     pre, dec, hf = out["prefill"], out["decode"], out.get("hf")
-    hf_cols = (f"{1e3 * hf['prefill']['median_s']:>15.2f}{hf['decode']['tokens_per_s']:>17.1f}" if hf
-               else f"{'-':>15}{'-':>17}")
+    hf_cols = (
+      f"{1e3 * hf['prefill']['median_s']:>15.2f}{hf['decode']['tokens_per_s']:>17.1f}" if hf else f"{'-':>15}{'-':>17}"
+    )
     print(f"{name:<16}{pre['batch']:>6}{1e3 * pre['median_s']:>12.2f}{dec['tokens_per_s']:>14.1f}{hf_cols}")
 
 

@@ -22,8 +22,13 @@ from modernlm_jax.model import positions as pos_lib
 from modernlm_jax.model.attention import reference_attention
 from modernlm_jax.model.kernels.flash import flash_attention
 
-OPTIONS = {"causal": {}, "segments": dict(segments=True), "alibi": dict(alibi=True), "sinks": dict(sinks=True),
-           "all": dict(segments=True, alibi=True, sinks=True)}
+OPTIONS = {
+  "causal": {},
+  "segments": dict(segments=True),
+  "alibi": dict(alibi=True),
+  "sinks": dict(sinks=True),
+  "all": dict(segments=True, alibi=True, sinks=True),
+}
 
 
 def _time(fn, args, repeats):
@@ -79,8 +84,17 @@ def main():
       return reference_attention(q, k, v, m, bias, s)
 
     def ours(q, k, v, s):
-      return flash_attention(q, k, v, segment_ids_BT=seg, positions_BT=pos, alibi_slopes_H=slopes, sink_H=s,
-                             block=args.block, interpret=not on_gpu)
+      return flash_attention(
+        q,
+        k,
+        v,
+        segment_ids_BT=seg,
+        positions_BT=pos,
+        alibi_slopes_H=slopes,
+        sink_H=s,
+        block=args.block,
+        interpret=not on_gpu,
+      )
 
     def baseline(q, k, v, s):
       if s is not None:
@@ -88,19 +102,29 @@ def main():
       if on_gpu and seg is None and slopes is None and dt != jnp.float32:
         return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
       m, bias = mask_bias()
-      return jax.nn.dot_product_attention(q, k, v, bias=None if bias is None else bias.astype(dt),
-                                          mask=m[:, None], implementation="xla")
+      return jax.nn.dot_product_attention(
+        q, k, v, bias=None if bias is None else bias.astype(dt), mask=m[:, None], implementation="xla"
+      )
 
     s_arg = s if s is not None else jnp.zeros((H,))
-    grad = lambda f: jax.jit(jax.value_and_grad(lambda q, k, v, s: jnp.sum(f(q, k, v, s if opt.get("sinks") else None)
-                                                                           .astype(jnp.float32) * w),
-                                                argnums=(0, 1, 2, 3)))
+    grad = lambda f: jax.jit(
+      jax.value_and_grad(
+        lambda q, k, v, s: jnp.sum(f(q, k, v, s if opt.get("sinks") else None).astype(jnp.float32) * w),
+        argnums=(0, 1, 2, 3),
+      )
+    )
     o_ref, o = jax.jit(ref)(q, k, v, s), jax.jit(ours)(q, k, v, s)
     (_, g_ref), (_, g) = grad(ref)(q, k, v, s_arg), grad(ours)(q, k, v, s_arg)
     err = lambda a, b: float(jnp.max(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32))))
-    row = {"option": name, "backend": jax.default_backend(), "shape": [B, T, H, Dh], "dtype": args.dtype,
-           "out_err": err(o, o_ref), **{f"{n}_err": err(a, b) for n, a, b in zip(("dq", "dk", "dv", "dsink"), g, g_ref)},
-           "out_scale": float(jnp.max(jnp.abs(o_ref.astype(jnp.float32))))}
+    row = {
+      "option": name,
+      "backend": jax.default_backend(),
+      "shape": [B, T, H, Dh],
+      "dtype": args.dtype,
+      "out_err": err(o, o_ref),
+      **{f"{n}_err": err(a, b) for n, a, b in zip(("dq", "dk", "dv", "dsink"), g, g_ref)},
+      "out_scale": float(jnp.max(jnp.abs(o_ref.astype(jnp.float32)))),
+    }
     if on_gpu:
       row["ours_fwd_bwd_ms"] = 1e3 * _time(grad(ours), (q, k, v, s_arg), args.repeats)
       row["baseline_fwd_bwd_ms"] = 1e3 * _time(grad(baseline), (q, k, v, s_arg), args.repeats)

@@ -28,7 +28,6 @@ from torch import nn
 
 
 class Block(nn.Module):
-
   def __init__(self, d: int, n_head: int, n_layer: int):
     super().__init__()
     self.n_head = n_head
@@ -48,7 +47,6 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-
   def __init__(self, vocab: int, seq: int, n_layer: int, d: int, n_head: int):
     super().__init__()
     self.wte, self.wpe = nn.Embedding(vocab, d), nn.Embedding(seq, d)
@@ -80,7 +78,9 @@ def parse_args(argv=None):
   ap.add_argument("--seq", type=int, default=1024)
   ap.add_argument("--steps", type=int, default=20)
   ap.add_argument("--warmup", type=int, default=3)
-  ap.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="default: bfloat16 on GPU, float32 on CPU")
+  ap.add_argument(
+    "--dtype", choices=("float32", "bfloat16"), default=None, help="default: bfloat16 on GPU, float32 on CPU"
+  )
   ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
   ap.add_argument("--compile", choices=("auto", "on", "off"), default="auto", help="auto: on for CUDA, off on CPU")
   ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
@@ -107,8 +107,13 @@ def run(args) -> dict:
   model = GPT(args.vocab, args.seq, args.n_layer, args.n_embd, args.n_head).to(device)
   decay = [p for p in model.parameters() if p.dim() >= 2]
   no_decay = [p for p in model.parameters() if p.dim() < 2]
-  opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                          lr=3e-4, betas=(0.9, 0.95), eps=1e-8, fused=on_gpu)
+  opt = torch.optim.AdamW(
+    [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+    lr=3e-4,
+    betas=(0.9, 0.95),
+    eps=1e-8,
+    fused=on_gpu,
+  )
   step_model = torch.compile(model) if compiled else model
   gen = torch.Generator(device="cpu").manual_seed(args.seed + 1)
   batches = [torch.randint(0, args.vocab, (args.batch, args.seq + 1), generator=gen) for _ in range(4)]
@@ -137,12 +142,20 @@ def run(args) -> dict:
   sync()
   seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
   tokens = args.batch * args.seq * args.steps
-  return {"impl": "torch", "device": torch.cuda.get_device_name() if on_gpu else "cpu", "dtype": dtype,
-          "compiled": compiled, "threads": torch.get_num_threads(), "tokens_per_s": tokens / seconds,
-          "step_ms": 1e3 * seconds / args.steps,
-          "tokens_per_cpu_s": tokens / max(cpu_seconds, 1e-9), "warmup_s": warmup_s, "loss": last,
-          "params": sum(p.numel() for p in model.parameters()),
-          "shape": {k: getattr(args, k) for k in ("n_layer", "n_embd", "n_head", "vocab", "batch", "seq")}}
+  return {
+    "impl": "torch",
+    "device": torch.cuda.get_device_name() if on_gpu else "cpu",
+    "dtype": dtype,
+    "compiled": compiled,
+    "threads": torch.get_num_threads(),
+    "tokens_per_s": tokens / seconds,
+    "step_ms": 1e3 * seconds / args.steps,
+    "tokens_per_cpu_s": tokens / max(cpu_seconds, 1e-9),
+    "warmup_s": warmup_s,
+    "loss": last,
+    "params": sum(p.numel() for p in model.parameters()),
+    "shape": {k: getattr(args, k) for k in ("n_layer", "n_embd", "n_head", "vocab", "batch", "seq")},
+  }
 
 
 def main(argv=None):

@@ -14,7 +14,8 @@ from modernlm_jax.config_base import base_config
 
 
 def bench_defaults() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
+  return ml_collections.ConfigDict(
+    dict(
       steps=0,  # timed steps; 0 = auto (20 on GPU/TPU, 5 on CPU)
       warmup=-1,  # untimed steps after compilation (at least 1); -1 = auto (3 / 1)
       synthetic=True,  # False: batches from config.data (tokenizer built or reloaded in the workdir)
@@ -26,7 +27,8 @@ def bench_defaults() -> ml_collections.ConfigDict:
       remat="none",  # none | full | dots | dots_no_batch
       profile_steps=0,  # >0: trace that many more steps to <workdir>/profile and print the top operations
       top_ops=20,
-  ))
+    )
+  )
 
 
 def get_config(arg: str | None = None):

@@ -24,11 +24,13 @@ def get_config(arg: str | None = None):
   c.data_root = ""  # empty: $MODERNLM_SHARED_DATA, else ../shared/data next to the repository
   c.batch_size = 16  # rows per forward pass (the GPT-2 protocol corpus keeps its own 32)
   c.context = 0  # 0: the length the checkpoint was trained at (data.seq_len), else its max_len capped at 1024
-  c.eval = ml_collections.ConfigDict(dict(
+  c.eval = ml_collections.ConfigDict(
+    dict(
       text="",  # any text file or glob: also scored for perplexity and bits/byte (as one stream)
       split="",  # "test" | "valid": the split of WikiText-2/103 and PTB ("" = the suite's: test)
       stride=0,  # > 0: perplexity windows advance by this many tokens (overlapping); 0 = the context
-  ))
+    )
+  )
   c.seed = 0
   c.attention_impl = ""  # empty: the kernel stored with the checkpoint
   c.require_gpt2_protocol = True  # full suite: stop unless the tokenizer is GPT-2 BPE

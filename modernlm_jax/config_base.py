@@ -11,7 +11,8 @@ from modernlm_jax.model import ModelConfig, scales
 
 
 def train_defaults() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
+  return ml_collections.ConfigDict(
+    dict(
       steps=1000,
       batch_size=32,  # global rows per optimizer step
       accum_steps=1,  # micro-batches per step (batch_size must divide by it)
@@ -44,7 +45,8 @@ def train_defaults() -> ml_collections.ConfigDict:
       muon_lr=0.02,  # Muon's peak rate (the schedule's shape follows train.lr's)
       muon_beta=0.95,
       trackers="tensorboard",  # comma-separated: tensorboard, wandb, trackio (metrics.jsonl is always written)
-  ))
+    )
+  )
 
 
 def model_config_dict(cfg: ModelConfig) -> ml_collections.ConfigDict:
@@ -87,21 +89,78 @@ def apply_preset_tokenizer(c: ml_collections.ConfigDict, preset: str) -> None:
 # presets to finish in minutes on 2 CPU cores with a clearly falling loss; "full" is every real scale, with
 # `lr` for 3.5M-30M and `large_lr` for 125M/253M.
 STAGE_SIZES = {
-    "pretrain": dict(
-        tiny=dict(seq_len=128, train=dict(steps=300, batch_size=16, lr=3e-3, warmup_steps=30, eval_every=100,
-                                          eval_batches=16, checkpoint_every=100, log_every=25)),
-        full=dict(train=dict(steps=10_000, batch_size=64, warmup_steps=500, eval_every=500, checkpoint_every=1000,
-                             log_every=50), lr=1e-3, large_lr=6e-4)),
-    "sft": dict(
-        tiny=dict(seq_len=256, train=dict(steps=60, batch_size=8, lr=1e-3, warmup_steps=6, eval_every=20,
-                                          eval_batches=4, checkpoint_every=60, log_every=10)),
-        full=dict(train=dict(steps=2000, batch_size=32, warmup_steps=100, eval_every=250, eval_batches=8,
-                             checkpoint_every=500, log_every=25), lr=1e-4, large_lr=3e-5)),
-    "dpo": dict(
-        tiny=dict(seq_len=256, train=dict(steps=40, batch_size=8, lr=2e-4, warmup_steps=4, eval_every=20,
-                                          eval_batches=4, checkpoint_every=40, log_every=10, weight_decay=0.0)),
-        full=dict(train=dict(steps=1000, batch_size=32, warmup_steps=50, eval_every=200, eval_batches=8,
-                             checkpoint_every=250, log_every=25, weight_decay=0.0), lr=5e-6, large_lr=5e-7)),
+  "pretrain": dict(
+    tiny=dict(
+      seq_len=128,
+      train=dict(
+        steps=300,
+        batch_size=16,
+        lr=3e-3,
+        warmup_steps=30,
+        eval_every=100,
+        eval_batches=16,
+        checkpoint_every=100,
+        log_every=25,
+      ),
+    ),
+    full=dict(
+      train=dict(steps=10_000, batch_size=64, warmup_steps=500, eval_every=500, checkpoint_every=1000, log_every=50),
+      lr=1e-3,
+      large_lr=6e-4,
+    ),
+  ),
+  "sft": dict(
+    tiny=dict(
+      seq_len=256,
+      train=dict(
+        steps=60,
+        batch_size=8,
+        lr=1e-3,
+        warmup_steps=6,
+        eval_every=20,
+        eval_batches=4,
+        checkpoint_every=60,
+        log_every=10,
+      ),
+    ),
+    full=dict(
+      train=dict(
+        steps=2000, batch_size=32, warmup_steps=100, eval_every=250, eval_batches=8, checkpoint_every=500, log_every=25
+      ),
+      lr=1e-4,
+      large_lr=3e-5,
+    ),
+  ),
+  "dpo": dict(
+    tiny=dict(
+      seq_len=256,
+      train=dict(
+        steps=40,
+        batch_size=8,
+        lr=2e-4,
+        warmup_steps=4,
+        eval_every=20,
+        eval_batches=4,
+        checkpoint_every=40,
+        log_every=10,
+        weight_decay=0.0,
+      ),
+    ),
+    full=dict(
+      train=dict(
+        steps=1000,
+        batch_size=32,
+        warmup_steps=50,
+        eval_every=200,
+        eval_batches=8,
+        checkpoint_every=250,
+        log_every=25,
+        weight_decay=0.0,
+      ),
+      lr=5e-6,
+      large_lr=5e-7,
+    ),
+  ),
 }
 
 

@@ -26,15 +26,25 @@ class ConfigError(ValueError):
 
 
 class _Checker:
-
   def __init__(self):
     self.problems: list[str] = []
 
   def add(self, message: str) -> None:
     self.problems.append(message)
 
-  def number(self, section, name: str, lo: float = -INF, hi: float = INF, *, lo_open=False, hi_open=False,
-             integer=False, prefix: str = "", hint: str = "") -> float | None:
+  def number(
+    self,
+    section,
+    name: str,
+    lo: float = -INF,
+    hi: float = INF,
+    *,
+    lo_open=False,
+    hi_open=False,
+    integer=False,
+    prefix: str = "",
+    hint: str = "",
+  ) -> float | None:
     """Checks `section[name]` (when present) lies in the range; returns it (None when absent or not a number)."""
     if section is None or name not in section:
       return None
@@ -59,6 +69,7 @@ class _Checker:
 def _range(lo, hi, lo_open, hi_open) -> str:
   def fmt(x):
     return ("-inf" if x < 0 else "inf") if math.isinf(x) else (str(int(x)) if float(x).is_integer() else str(x))
+
   return f"{'(' if lo_open or math.isinf(lo) else '['}{fmt(lo)}, {fmt(hi)}{')' if hi_open or math.isinf(hi) else ']'}"
 
 
@@ -94,8 +105,9 @@ def check_config(config) -> None:
   if task == "bench" and _get(config, "bench") is not None:
     _check_bench(c, config.bench, model_max_len)
   if c.problems:
-    raise ConfigError(f"{len(c.problems)} invalid setting(s) for task {task!r}; nothing was run:\n  - " +
-                      "\n  - ".join(c.problems))
+    raise ConfigError(
+      f"{len(c.problems)} invalid setting(s) for task {task!r}; nothing was run:\n  - " + "\n  - ".join(c.problems)
+    )
 
 
 def _check_model(c: _Checker, config) -> int | None:
@@ -105,8 +117,10 @@ def _check_model(c: _Checker, config) -> int | None:
   if model is None:
     return None
   if model.get("dtype") in ("float16", "fp16", "half"):
-    c.add(f"model.dtype={model['dtype']!r} is not supported (XLA fails compiling float16 training, and there is no "
-          f"loss scaling); choose one of {list(SUPPORTED_DTYPES)} (bfloat16 computes in bf16 with float32 weights)")
+    c.add(
+      f"model.dtype={model['dtype']!r} is not supported (XLA fails compiling float16 training, and there is no "
+      f"loss scaling); choose one of {list(SUPPORTED_DTYPES)} (bfloat16 computes in bf16 with float32 weights)"
+    )
     model = {**model.to_dict(), "dtype": "float32"}
   try:
     return ModelConfig.from_dict(model).max_len
@@ -137,8 +151,14 @@ def _check_train(c: _Checker, t) -> None:
   c.number(t, "loss_chunk", 0, integer=True, prefix=p, hint=" (0: one chunk)")
   for name in ("log_every", "eval_every", "eval_batches", "checkpoint_every"):
     c.number(t, name, 1, integer=True, prefix=p)
-  c.number(t, "keep_checkpoints", 1, integer=True, prefix=p,
-           hint=" (0 would delete every checkpoint, the trained model included)")
+  c.number(
+    t,
+    "keep_checkpoints",
+    1,
+    integer=True,
+    prefix=p,
+    hint=" (0 would delete every checkpoint, the trained model included)",
+  )
   c.number(t, "profile_steps", 0, integer=True, prefix=p)
 
 
@@ -146,9 +166,18 @@ def _check_data(c: _Checker, d, max_len: int | None, task: str) -> None:
   if d is None:
     return
   p = "data."
-  seq_len = c.number(d, "seq_len", 1, max_len if (max_len and task != "compare") else INF, integer=True, prefix=p,
-                     hint=f" (the model's model.max_len={max_len}: positions past it are clipped or untrained; lower "
-                          "data.seq_len or raise model.max_len)" if max_len and task != "compare" else "")
+  seq_len = c.number(
+    d,
+    "seq_len",
+    1,
+    max_len if (max_len and task != "compare") else INF,
+    integer=True,
+    prefix=p,
+    hint=f" (the model's model.max_len={max_len}: positions past it are clipped or untrained; lower "
+    "data.seq_len or raise model.max_len)"
+    if max_len and task != "compare"
+    else "",
+  )
   c.number(d, "num_epochs", 0, integer=True, prefix=p, hint=" (0: repeat forever)")
   c.number(d, "prefetch", 0, integer=True, prefix=p)
   c.number(d, "val_tokens", -INF, integer=True, prefix=p)
@@ -162,8 +191,15 @@ def _check_data(c: _Checker, d, max_len: int | None, task: str) -> None:
   if "val_fraction" in d:  # post-training data
     c.number(d, "val_fraction", 0, 1, lo_open=True, hi_open=True, prefix=p)
     c.number(d, "val_min_records", 0, integer=True, prefix=p)
-    c.number(d, "min_prompt_tokens", 0, (seq_len - 1) if seq_len else INF, integer=True, prefix=p,
-             hint=" (below data.seq_len, leaving room for the response)")
+    c.number(
+      d,
+      "min_prompt_tokens",
+      0,
+      (seq_len - 1) if seq_len else INF,
+      integer=True,
+      prefix=p,
+      hint=" (below data.seq_len, leaving room for the response)",
+    )
     c.choice(d, "truncation", ("prompt_left", "right", "skip"), prefix=p)
 
 
@@ -186,16 +222,25 @@ def _check_tokenizer(c: _Checker, tok, model) -> None:
     ids = c.number(tok, "vocab_size", 16, integer=True, prefix="tokenizer.")
   vocab = (model or {}).get("vocab_size")
   if ids and isinstance(vocab, int) and ids > vocab:
-    c.add(f"tokenizer.kind={kind!r} has {int(ids)} ids but model.vocab_size={vocab}; raise model.vocab_size to at "
-          f"least {int(ids)} (rounded up to a multiple of 64) or pick a smaller tokenizer")
+    c.add(
+      f"tokenizer.kind={kind!r} has {int(ids)} ids but model.vocab_size={vocab}; raise model.vocab_size to at "
+      f"least {int(ids)} (rounded up to a multiple of 64) or pick a smaller tokenizer"
+    )
 
 
 def _check_sample(c: _Checker, s, max_len: int | None) -> None:
   if s is None:
     return
   p = "sample."
-  c.number(s, "max_new_tokens", 1, (max_len - 1) if max_len else INF, integer=True, prefix=p,
-           hint=" (below model.max_len, leaving room for the prompt)" if max_len else "")
+  c.number(
+    s,
+    "max_new_tokens",
+    1,
+    (max_len - 1) if max_len else INF,
+    integer=True,
+    prefix=p,
+    hint=" (below model.max_len, leaving room for the prompt)" if max_len else "",
+  )
   c.number(s, "temperature", 0, prefix=p, hint=" (0: greedy)")
   c.number(s, "top_k", 0, integer=True, prefix=p, hint=" (0: off)")
   c.number(s, "top_p", 0, 1, lo_open=True, prefix=p, hint=" (1.0: off; 0 would keep no token)")
@@ -256,8 +301,10 @@ def _check_compare(c: _Checker, config) -> None:
       except (ValueError, KeyError):
         continue  # an unknown family or scale: the comparison plan reports it with the valid names
       if isinstance(arm_seq, int) and arm_seq > cfg.max_len:
-        c.add(f"data.seq_len={arm_seq} exceeds the max_len={cfg.max_len} of compare member {arm} at scale {scale} "
-              f"(family {family}); lower data.seq_len to at most {cfg.max_len} or drop that scale")
+        c.add(
+          f"data.seq_len={arm_seq} exceeds the max_len={cfg.max_len} of compare member {arm} at scale {scale} "
+          f"(family {family}); lower data.seq_len to at most {cfg.max_len} or drop that scale"
+        )
 
 
 def _check_bench(c: _Checker, b, max_len: int | None) -> None:
@@ -265,8 +312,15 @@ def _check_bench(c: _Checker, b, max_len: int | None) -> None:
   c.number(b, "steps", 0, integer=True, prefix=p, hint=" (0: auto)")
   c.number(b, "warmup", -1, integer=True, prefix=p, hint=" (-1: auto)")
   c.number(b, "batch_size", 0, integer=True, prefix=p, hint=" (0: auto)")
-  c.number(b, "seq_len", 0, max_len or INF, integer=True, prefix=p,
-           hint=f" (0: auto; at most model.max_len={max_len})" if max_len else " (0: auto)")
+  c.number(
+    b,
+    "seq_len",
+    0,
+    max_len or INF,
+    integer=True,
+    prefix=p,
+    hint=f" (0: auto; at most model.max_len={max_len})" if max_len else " (0: auto)",
+  )
   c.choice(b, "dtype", SUPPORTED_DTYPES, prefix=p, hint=" (float16 fails inside XLA)")
   c.number(b, "loss_chunk", 0, integer=True, prefix=p)
   c.number(b, "profile_steps", 0, integer=True, prefix=p)
@@ -291,7 +345,7 @@ def check_override_keys(argv: list[str]) -> None:
 
   Runs before absl parses the flags (whose own error names no valid key for a key far from any)."""
   spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
-  overrides = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+  overrides = [a[len("--config.") :].split("=", 1)[0] for a in argv if a.startswith("--config.")]
   if not spec or not overrides:
     return
   try:

@@ -58,8 +58,9 @@ def _next_token(logits_BV, rng, temperature, top_k, top_p, *, greedy: bool):
 
 def _apply_last(model, params, cfg, cache, tokens_BT, positions_BT, stream_sinks):
   """One cached forward pass; logits [B, V] of the last position only (the others are never sampled)."""
-  hidden_BTD, cache = model.apply({"params": params}, tokens_BT, positions=positions_BT, cache=cache,
-                                  stream_sinks=stream_sinks, return_hidden=True)
+  hidden_BTD, cache = model.apply(
+    {"params": params}, tokens_BT, positions=positions_BT, cache=cache, stream_sinks=stream_sinks, return_hidden=True
+  )
   h_BD = hidden_BTD[:, -1]
   if cfg.tie_embeddings:  # contract with the [V, D] table as stored (no transposed copy inside the loop)
     logits_BV = jnp.einsum("bd,vd->bv", h_BD, params["embed"]["embedding"].astype(h_BD.dtype))
@@ -70,13 +71,29 @@ def _apply_last(model, params, cfg, cache, tokens_BT, positions_BT, stream_sinks
 
 @functools.partial(jax.jit, static_argnames=("cfg", "stream_sinks"))
 def _feed(params, cache, tokens_BT, positions_BT, *, cfg: ModelConfig, stream_sinks):
-  logits, cache = LanguageModel(cfg).apply({"params": params}, tokens_BT, positions=positions_BT, cache=cache,
-                                           stream_sinks=stream_sinks)
+  logits, cache = LanguageModel(cfg).apply(
+    {"params": params}, tokens_BT, positions=positions_BT, cache=cache, stream_sinks=stream_sinks
+  )
   return logits, cache
 
 
-def _sample_loop(model, params, cfg, cache, last_logits_BV, next_pos_B, stop_ids, rng, temperature, top_k, top_p, *,
-                 stream_sinks, max_new_tokens, greedy):
+def _sample_loop(
+  model,
+  params,
+  cfg,
+  cache,
+  last_logits_BV,
+  next_pos_B,
+  stop_ids,
+  rng,
+  temperature,
+  top_k,
+  top_p,
+  *,
+  stream_sinks,
+  max_new_tokens,
+  greedy,
+):
   B = last_logits_BV.shape[0]
   out = jnp.zeros((B, max_new_tokens), jnp.int32)
 
@@ -99,15 +116,58 @@ def _sample_loop(model, params, cfg, cache, last_logits_BV, next_pos_B, stop_ids
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "stream_sinks", "max_new_tokens", "greedy"))
-def _decode_loop(params, cache, last_logits_BV, next_pos_B, stop_ids, rng, temperature, top_k, top_p, *, cfg,
-                 stream_sinks, max_new_tokens, greedy=False):
-  return _sample_loop(LanguageModel(cfg), params, cfg, cache, last_logits_BV, next_pos_B, stop_ids, rng, temperature,
-                      top_k, top_p, stream_sinks=stream_sinks, max_new_tokens=max_new_tokens, greedy=greedy)
+def _decode_loop(
+  params,
+  cache,
+  last_logits_BV,
+  next_pos_B,
+  stop_ids,
+  rng,
+  temperature,
+  top_k,
+  top_p,
+  *,
+  cfg,
+  stream_sinks,
+  max_new_tokens,
+  greedy=False,
+):
+  return _sample_loop(
+    LanguageModel(cfg),
+    params,
+    cfg,
+    cache,
+    last_logits_BV,
+    next_pos_B,
+    stop_ids,
+    rng,
+    temperature,
+    top_k,
+    top_p,
+    stream_sinks=stream_sinks,
+    max_new_tokens=max_new_tokens,
+    greedy=greedy,
+  )
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "stream_sinks", "max_new_tokens", "greedy", "cache_len"))
-def _generate_on_device(params, chunks_NBC, chunk_pos_NBC, next_pos_B, stop_ids, rng, temperature, top_k, top_p, *,
-                        cfg, stream_sinks, max_new_tokens, greedy, cache_len):
+def _generate_on_device(
+  params,
+  chunks_NBC,
+  chunk_pos_NBC,
+  next_pos_B,
+  stop_ids,
+  rng,
+  temperature,
+  top_k,
+  top_p,
+  *,
+  cfg,
+  stream_sinks,
+  max_new_tokens,
+  greedy,
+  cache_len,
+):
   """Prefill (N chunks of C tokens, scanned) and the sampling loop in one compiled program."""
   model = LanguageModel(cfg)
   cache = init_cache(cfg, chunks_NBC.shape[1], cache_len)
@@ -122,8 +182,22 @@ def _generate_on_device(params, chunks_NBC, chunk_pos_NBC, next_pos_B, stop_ids,
   else:
     cache, logits_NBV = jax.lax.scan(feed, cache, (chunks_NBC, chunk_pos_NBC))
     last_BV = logits_NBV[-1]
-  return _sample_loop(model, params, cfg, cache, last_BV, next_pos_B, stop_ids, rng, temperature, top_k, top_p,
-                      stream_sinks=stream_sinks, max_new_tokens=max_new_tokens, greedy=greedy)
+  return _sample_loop(
+    model,
+    params,
+    cfg,
+    cache,
+    last_BV,
+    next_pos_B,
+    stop_ids,
+    rng,
+    temperature,
+    top_k,
+    top_p,
+    stream_sinks=stream_sinks,
+    max_new_tokens=max_new_tokens,
+    greedy=greedy,
+  )
 
 
 def _left_pad(prompts, chunk: int, starts):
@@ -135,30 +209,55 @@ def _left_pad(prompts, chunk: int, starts):
   pos = np.full((B, padded_len), -1, np.int32)
   for b, p in enumerate(prompts):
     if len(p):
-      toks[b, padded_len - len(p):] = p
-      pos[b, padded_len - len(p):] = starts[b] + np.arange(len(p))
+      toks[b, padded_len - len(p) :] = p
+      pos[b, padded_len - len(p) :] = starts[b] + np.arange(len(p))
   return toks, pos
 
 
-def prefill(params, cfg: ModelConfig, cache, prompts: Sequence[Sequence[int]], *, chunk: int, stream_sinks=None,
-            start_positions: Sequence[int] | None = None):
+def prefill(
+  params,
+  cfg: ModelConfig,
+  cache,
+  prompts: Sequence[Sequence[int]],
+  *,
+  chunk: int,
+  stream_sinks=None,
+  start_positions: Sequence[int] | None = None,
+):
   """Feeds left-padded prompts through the cache in `chunk`-token pieces; returns (last logits, cache, next positions)."""
   B = len(prompts)
   starts = np.zeros(B, np.int64) if start_positions is None else np.asarray(start_positions)
   toks, pos = _left_pad(prompts, chunk, starts)
   last = None
   for s in range(0, toks.shape[1], chunk):
-    logits, cache = _feed(params, cache, jnp.asarray(toks[:, s:s + chunk]), jnp.asarray(pos[:, s:s + chunk]),
-                          cfg=cfg, stream_sinks=stream_sinks)
+    logits, cache = _feed(
+      params,
+      cache,
+      jnp.asarray(toks[:, s : s + chunk]),
+      jnp.asarray(pos[:, s : s + chunk]),
+      cfg=cfg,
+      stream_sinks=stream_sinks,
+    )
     last = logits[:, -1]
   next_pos = starts + np.array([len(p) for p in prompts])
   return last, cache, jnp.asarray(next_pos, jnp.int32)
 
 
-def generate(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
-             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, stop_ids: Sequence[int] = (),
-             seed: int = 0, cache_len: int | None = None, stream_sinks: int | None = None,
-             prefill_chunk: int = 64) -> list[list[int]]:
+def generate(
+  params,
+  cfg: ModelConfig,
+  prompts: Sequence[Sequence[int]],
+  *,
+  max_new_tokens: int,
+  temperature: float = 0.0,
+  top_k: int = 0,
+  top_p: float = 1.0,
+  stop_ids: Sequence[int] = (),
+  seed: int = 0,
+  cache_len: int | None = None,
+  stream_sinks: int | None = None,
+  prefill_chunk: int = 64,
+) -> list[list[int]]:
   """Continuations for each prompt (stop token included when hit, nothing after it).
 
   A linear cache takes the whole prompt in one chunk (padded to a multiple of `prefill_chunk`, which
@@ -172,8 +271,10 @@ def generate(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *, max_
   if stream_sinks is None:
     cache_len = cache_len or min(cfg.max_len, longest + max_new_tokens)
     if cfg.has_attention and longest + max_new_tokens > cache_len:
-      raise ValueError(f"prompt ({longest}) + max_new_tokens ({max_new_tokens}) exceeds the cache ({cache_len}); "
-                       "shorten the prompt, lower max_new_tokens, or use stream_sinks=4 (attention sinks) to stream")
+      raise ValueError(
+        f"prompt ({longest}) + max_new_tokens ({max_new_tokens}) exceeds the cache ({cache_len}); "
+        "shorten the prompt, lower max_new_tokens, or use stream_sinks=4 (attention sinks) to stream"
+      )
     toks, pos = _left_pad(prompts, prefill_chunk, np.zeros(len(prompts), np.int64))
     toks, pos = toks[None], pos[None]  # one chunk
   else:
@@ -186,10 +287,22 @@ def generate(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *, max_
   next_pos = jnp.asarray([len(p) for p in prompts], jnp.int32)
   stop = jnp.asarray(list(stop_ids) or [-2], jnp.int32)
   greedy = float(temperature) <= 0.0
-  out, _ = _generate_on_device(params, jnp.asarray(toks), jnp.asarray(pos), next_pos, stop, jax.random.key(seed),
-                               jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p), cfg=cfg,
-                               stream_sinks=stream_sinks, max_new_tokens=int(max_new_tokens), greedy=greedy,
-                               cache_len=int(cache_len))
+  out, _ = _generate_on_device(
+    params,
+    jnp.asarray(toks),
+    jnp.asarray(pos),
+    next_pos,
+    stop,
+    jax.random.key(seed),
+    jnp.float32(temperature),
+    jnp.int32(top_k),
+    jnp.float32(top_p),
+    cfg=cfg,
+    stream_sinks=stream_sinks,
+    max_new_tokens=int(max_new_tokens),
+    greedy=greedy,
+    cache_len=int(cache_len),
+  )
   result = []
   for row in np.asarray(out):
     row = row[row >= 0].tolist()
@@ -208,8 +321,9 @@ def greedy_generate_fn(params, cfg: ModelConfig, cache_len: int | None = None):
   return fn
 
 
-def streaming_nll(params, cfg: ModelConfig, tokens: Sequence[int], *, cache_len: int, stream_sinks: int | None,
-                  chunk: int = 16) -> np.ndarray:
+def streaming_nll(
+  params, cfg: ModelConfig, tokens: Sequence[int], *, cache_len: int, stream_sinks: int | None, chunk: int = 16
+) -> np.ndarray:
   """Per-token negative log-likelihood when a long text is fed through a bounded cache.
 
   With `stream_sinks=None` the cache is a plain sliding window (no sinks: the first tokens fall out),
@@ -221,18 +335,19 @@ def streaming_nll(params, cfg: ModelConfig, tokens: Sequence[int], *, cache_len:
   chunk = min(chunk, cache_len - sinks)
   nll = []
   for s in range(0, len(toks) - 1, chunk):
-    piece = toks[s:s + chunk]
+    piece = toks[s : s + chunk]
     n = len(piece)
     t = np.zeros((1, chunk), np.int32)
     p = np.full((1, chunk), -1, np.int32)
     t[0, :n], p[0, :n] = piece, np.arange(s, s + n)
     logits, cache = _feed(params, cache, jnp.asarray(t), jnp.asarray(p), cfg=cfg, stream_sinks=sinks)
     logp = jax.nn.log_softmax(logits[0, :n], axis=-1)
-    targets = toks[s + 1:s + n + 1]
+    targets = toks[s + 1 : s + n + 1]
     nll.extend((-np.asarray(logp)[np.arange(len(targets)), targets]).tolist())
   return np.asarray(nll)
 
 
 if __name__ == "__main__":  # `python -m modernlm_jax.generate ...`: the command lives in generate_cli (a layer up)
   from modernlm_jax.generate_cli import main
+
   raise SystemExit(main())

@@ -16,10 +16,14 @@ from typing import Sequence
 
 
 def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m modernlm_jax.generate", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--checkpoint", required=True,
-                 help="run directory (newest checkpoint), one <run>/checkpoints/<step>, or a params directory")
+  p = argparse.ArgumentParser(
+    prog="python -m modernlm_jax.generate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  p.add_argument(
+    "--checkpoint",
+    required=True,
+    help="run directory (newest checkpoint), one <run>/checkpoints/<step>, or a params directory",
+  )
   p.add_argument("--prompt", action="append", default=[], help="a prompt (repeat for several)")
   p.add_argument("--prompts_file", default=None, help="text file with one prompt per line")
   p.add_argument("--max_new_tokens", type=int, default=64)
@@ -28,8 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--top_p", type=float, default=1.0)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--batch_size", type=int, default=8)
-  p.add_argument("--stream_sinks", type=int, default=None,
-                 help="attention-sink tokens kept by a streaming cache (e.g. 4); default: a linear KV cache")
+  p.add_argument(
+    "--stream_sinks",
+    type=int,
+    default=None,
+    help="attention-sink tokens kept by a streaming cache (e.g. 4); default: a linear KV cache",
+  )
   p.add_argument("--cache_len", type=int, default=None, help="KV-cache slots (default: the model's max_len)")
   p.add_argument("--no_stop", action="store_true", help="do not stop at the tokenizer's EOS")
   p.add_argument("--jsonl", action="store_true", help="print one JSON object per prompt instead of plain text")
@@ -59,8 +67,10 @@ def check_args(args, max_len: int) -> None:
   if args.stream_sinks is not None and not 0 <= args.stream_sinks < cache_len - 1:
     raise ValueError(f"--stream_sinks {args.stream_sinks} must be in [0, cache_len - 1 = {cache_len - 1})")
   if args.stream_sinks is None and args.max_new_tokens >= cache_len:
-    raise ValueError(f"--max_new_tokens {args.max_new_tokens} leaves no room for a prompt in {cache_len} cache slots; "
-                     "lower it or stream with --stream_sinks 4")
+    raise ValueError(
+      f"--max_new_tokens {args.max_new_tokens} leaves no room for a prompt in {cache_len} cache slots; "
+      "lower it or stream with --stream_sinks 4"
+    )
 
 
 def run(args) -> list[dict]:
@@ -76,11 +86,21 @@ def run(args) -> list[dict]:
   stop = [] if args.no_stop else [tok.eos_id]
   results = []
   for start in range(0, len(prompts), args.batch_size):
-    chunk = prompts[start:start + args.batch_size]
+    chunk = prompts[start : start + args.batch_size]
     ids = [(tok.encode(p) or [tok.eos_id])[-budget:] for p in chunk]
-    outs = generate(model.params, cfg, ids, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                    top_k=args.top_k, top_p=args.top_p, stop_ids=stop, seed=args.seed + start,
-                    cache_len=cache_len, stream_sinks=args.stream_sinks)
+    outs = generate(
+      model.params,
+      cfg,
+      ids,
+      max_new_tokens=args.max_new_tokens,
+      temperature=args.temperature,
+      top_k=args.top_k,
+      top_p=args.top_p,
+      stop_ids=stop,
+      seed=args.seed + start,
+      cache_len=cache_len,
+      stream_sinks=args.stream_sinks,
+    )
     for prompt, out in zip(chunk, outs):
       text = tok.decode([t for t in out if t not in stop])
       results.append({"prompt": prompt, "completion": text, "tokens": len(out)})

@@ -16,8 +16,9 @@ from ml_collections import config_flags
 from modernlm_jax import config_check
 from modernlm_jax.train import workdir_lock
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Task config file (configs/*.py), optionally with :preset.",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "Task config file (configs/*.py), optionally with :preset.", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, reports. Default: runs/<preset>.")
 
 TASKS = ("pretrain", "sft", "dpo", "eval", "compare", "bench")
@@ -70,9 +71,11 @@ def maybe_initialize_distributed() -> None:
   import jax
 
   if os.environ.get("JAX_COORDINATOR_ADDRESS") and int(os.environ.get("JAX_NUM_PROCESSES", "1")) > 1:
-    jax.distributed.initialize(coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
-                               num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
-                               process_id=int(os.environ["JAX_PROCESS_ID"]))
+    jax.distributed.initialize(
+      coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+      num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+      process_id=int(os.environ["JAX_PROCESS_ID"]),
+    )
   elif os.environ.get("SLURM_NTASKS", "1") != "1" or _on_cloud_tpu_vm():
     jax.distributed.initialize()  # JAX discovers the peers (SLURM variables / TPU metadata server)
 
@@ -106,18 +109,23 @@ def run_task(config, workdir: str):
   task = config.task
   if task == "pretrain":
     from modernlm_jax.jobs import pretrain
+
     return pretrain.run(config, workdir)
   if task in ("sft", "dpo"):
     from modernlm_jax.jobs import posttrain
+
     return posttrain.run(config, workdir)
   if task == "eval":
     from modernlm_jax.jobs import evaluate
+
     return evaluate.run(config, workdir)
   if task == "compare":
     from modernlm_jax.jobs import compare
+
     return compare.run(config, workdir)
   if task == "bench":
     from modernlm_jax.jobs import bench
+
     return bench.run(config, workdir)
   raise ValueError(f"config.task={task!r} is not valid; choose one of {list(TASKS)}")
 

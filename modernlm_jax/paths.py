@@ -30,10 +30,12 @@ Path = epath.Path
 os.environ.setdefault("EPATH_USE_TF", "false")
 PathLike = Union[str, os.PathLike]
 
-AUTH_HELP = ("authenticate with `gcloud auth application-default login` (a workstation), or set "
-             "GOOGLE_APPLICATION_CREDENTIALS=/path/to/service-account-key.json; on a TPU VM or GCE host the VM's "
-             "service account is used and needs Storage Object Admin on the bucket; for a local emulator set "
-             "STORAGE_EMULATOR_HOST=http://127.0.0.1:PORT")
+AUTH_HELP = (
+  "authenticate with `gcloud auth application-default login` (a workstation), or set "
+  "GOOGLE_APPLICATION_CREDENTIALS=/path/to/service-account-key.json; on a TPU VM or GCE host the VM's "
+  "service account is used and needs Storage Object Admin on the bucket; for a local emulator set "
+  "STORAGE_EMULATOR_HOST=http://127.0.0.1:PORT"
+)
 
 
 class StorageAccessError(RuntimeError):
@@ -75,8 +77,9 @@ def check_access(p: PathLike) -> None:
   try:
     import gcsfs
   except ImportError:
-    raise StorageAccessError(f"--workdir={s} is on Google Cloud Storage, which needs gcsfs: pip install -e '.[gcs]'") \
-        from None
+    raise StorageAccessError(
+      f"--workdir={s} is on Google Cloud Storage, which needs gcsfs: pip install -e '.[gcs]'"
+    ) from None
   path(s)  # emulator settings for tensorstore, quiet gcsfs
   if not os.environ.get("STORAGE_EMULATOR_HOST"):
     import google.auth
@@ -85,17 +88,22 @@ def check_access(p: PathLike) -> None:
     try:
       google.auth.default(scopes=["https://www.googleapis.com/auth/devstorage.read_write"])
     except google.auth.exceptions.GoogleAuthError as e:
-      raise StorageAccessError(f"cannot use bucket gs://{bucket} (for {s}): no Google Cloud credentials found "
-                               f"({type(e).__name__}); {AUTH_HELP}") from None
+      raise StorageAccessError(
+        f"cannot use bucket gs://{bucket} (for {s}): no Google Cloud credentials found "
+        f"({type(e).__name__}); {AUTH_HELP}"
+      ) from None
   try:  # one object listed at most: cheap on a bucket of any size, and needs only object-list permission
     gcsfs.GCSFileSystem().call("GET", "b/{}/o", bucket, maxResults=1, json_out=True)
   except FileNotFoundError:
-    raise StorageAccessError(f"bucket gs://{bucket} (for {s}) does not exist or is not visible with these "
-                             f"credentials; create it (gcloud storage buckets create gs://{bucket}) or fix the "
-                             f"path. {AUTH_HELP}") from None
+    raise StorageAccessError(
+      f"bucket gs://{bucket} (for {s}) does not exist or is not visible with these "
+      f"credentials; create it (gcloud storage buckets create gs://{bucket}) or fix the "
+      f"path. {AUTH_HELP}"
+    ) from None
   except Exception as e:  # noqa: BLE001 - permission and transport errors all mean the run cannot write there
-    raise StorageAccessError(f"cannot list bucket gs://{bucket} (for {s}): {type(e).__name__}: {str(e)[:300]}; "
-                             f"{AUTH_HELP}") from None
+    raise StorageAccessError(
+      f"cannot list bucket gs://{bucket} (for {s}): {type(e).__name__}: {str(e)[:300]}; {AUTH_HELP}"
+    ) from None
 
 
 def write_bytes_atomic(p: PathLike, data: bytes) -> None:

@@ -30,8 +30,15 @@ class StatefulSession:
   >>> reply_ids = session.generate(20)           # continues from the carried state
   """
 
-  def __init__(self, model_cfg: ModelConfig, params: Any, tokenizer: Any = None, max_len: int | None = None,
-               chunk_size: int = 64, stream_sinks: int | None = None):
+  def __init__(
+    self,
+    model_cfg: ModelConfig,
+    params: Any,
+    tokenizer: Any = None,
+    max_len: int | None = None,
+    chunk_size: int = 64,
+    stream_sinks: int | None = None,
+  ):
     if chunk_size <= 0:
       raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     self.cfg, self.params, self.tokenizer = model_cfg, params, tokenizer
@@ -40,8 +47,10 @@ class StatefulSession:
     if self.has_attention:
       self.max_len = int(max_len or model_cfg.max_len)
       if model_cfg.positions == "learned" and self.max_len > model_cfg.max_len and stream_sinks is None:
-        raise ValueError(f"max_len={self.max_len} exceeds the learned position table ({model_cfg.max_len}); "
-                         f"use max_len <= {model_cfg.max_len} or stream_sinks")
+        raise ValueError(
+          f"max_len={self.max_len} exceeds the learned position table ({model_cfg.max_len}); "
+          f"use max_len <= {model_cfg.max_len} or stream_sinks"
+        )
     else:
       # Recurrent layers ignore the position table of the cache; one chunk of slots keeps it small.
       self.max_len = None if max_len is None else int(max_len)
@@ -77,16 +86,17 @@ class StatefulSession:
   def _check_room(self, n: int) -> None:
     if self.has_attention and self.stream_sinks is None and self.position + n > self.max_len:
       raise ValueError(
-          f"this model has attention layers whose KV cache holds max_len={self.max_len} tokens; the conversation "
-          f"would reach {self.position + n}. Create the session with a larger max_len, pass stream_sinks=k to keep "
-          f"a rolling window, or reset(). Pure recurrent families (layer_pattern of ssm/rwkv only) have no such "
-          f"bound.")
+        f"this model has attention layers whose KV cache holds max_len={self.max_len} tokens; the conversation "
+        f"would reach {self.position + n}. Create the session with a larger max_len, pass stream_sinks=k to keep "
+        f"a rolling window, or reset(). Pure recurrent families (layer_pattern of ssm/rwkv only) have no such "
+        f"bound."
+      )
 
   def _run(self, ids: list[int], width: int) -> np.ndarray:
     tokens = np.zeros((1, width), np.int32)
     positions = np.full((1, width), -1, np.int32)
-    tokens[0, :len(ids)] = ids
-    positions[0, :len(ids)] = np.arange(self.position, self.position + len(ids))
+    tokens[0, : len(ids)] = ids
+    positions[0, : len(ids)] = np.arange(self.position, self.position + len(ids))
     logits, self.cache = self._step(self.params, self.cache, jnp.asarray(tokens), jnp.asarray(positions))
     self.position += len(ids)
     self.last_logits = np.asarray(logits)
@@ -101,11 +111,17 @@ class StatefulSession:
       raise ValueError(f"token ids must be in [0, {self.cfg.vocab_size}), got {min(ids)}..{max(ids)}")
     self._check_room(len(ids))
     for start in range(0, len(ids), self.chunk_size):
-      self._run(ids[start:start + self.chunk_size], self.chunk_size)
+      self._run(ids[start : start + self.chunk_size], self.chunk_size)
     return self.last_logits
 
-  def generate(self, max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
-               stop_ids: Sequence[int] = (), seed: int = 0) -> list[int]:
+  def generate(
+    self,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    stop_ids: Sequence[int] = (),
+    seed: int = 0,
+  ) -> list[int]:
     """Samples up to `max_new_tokens` from the carried state (greedy at temperature 0). Every generated token is
     fed back, so the state afterwards includes the reply and the next `feed` continues the conversation."""
     if self.last_logits is None:
@@ -140,8 +156,9 @@ def _compiled_step(cfg: ModelConfig, stream_sinks: int | None):
 
   def step(params, cache, tokens_1T, positions_1T):
     _TRACES[(cfg, stream_sinks)] += 1  # runs at trace time only: counts compilations
-    logits_1TV, cache = model.apply({"params": params}, tokens_1T, positions=positions_1T, cache=cache,
-                                    stream_sinks=stream_sinks)
+    logits_1TV, cache = model.apply(
+      {"params": params}, tokens_1T, positions=positions_1T, cache=cache, stream_sinks=stream_sinks
+    )
     last = jnp.maximum(jnp.sum(positions_1T[0] >= 0) - 1, 0)
     return logits_1TV[0, last], cache
 

@@ -26,15 +26,16 @@ def _free_port() -> int:
 
 
 class GcsEmulator:
-
   def __init__(self, bucket: str, log_path: str):
     self.bucket = bucket
     self.port = _free_port()
     self.url = f"http://127.0.0.1:{self.port}"
     self._log = open(log_path, "w")  # a file, not a pipe: a full pipe would block the server
     self.proc = subprocess.Popen(
-        [sys.executable, str(SERVER), "--port", str(self.port), "--bucket", bucket],
-        stdout=self._log, stderr=subprocess.STDOUT)
+      [sys.executable, str(SERVER), "--port", str(self.port), "--bucket", bucket],
+      stdout=self._log,
+      stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + 60
     while True:
       try:

@@ -26,8 +26,9 @@ def write_corpus(path: Path) -> Path:
   """120 small paragraphs of random words: enough blocks for a few steps and a held-out document."""
   r = random.Random(0)
   words = "alpha beta gamma delta river stone light cloud green quiet north story".split()
-  paragraphs = ["\n".join(" ".join(r.choice(words) for _ in range(r.randint(5, 15))) for _ in range(3))
-                for _ in range(120)]
+  paragraphs = [
+    "\n".join(" ".join(r.choice(words) for _ in range(r.randint(5, 15))) for _ in range(3)) for _ in range(120)
+  ]
   path.write_text("\n\n".join(paragraphs))
   return path
 
@@ -41,9 +42,21 @@ def worker_config(corpus: str, cache_dir: str, steps: int):
   c.model.update(dict(vocab_size=320, max_len=32, n_layers=2, d_model=32, n_heads=4, d_ff=64))
   c.tokenizer.kind = "bytes"
   c.data.update(dict(source=f"text:{corpus}", seq_len=32, cache_dir=cache_dir, val_tokens=256))
-  c.train.update(dict(steps=steps, batch_size=4, warmup_steps=2, lr=3e-3, log_every=1, eval_every=1000,
-                      eval_batches=1, checkpoint_every=2, keep_checkpoints=20, async_checkpoint=True,
-                      tensorboard=False))
+  c.train.update(
+    dict(
+      steps=steps,
+      batch_size=4,
+      warmup_steps=2,
+      lr=3e-3,
+      log_every=1,
+      eval_every=1000,
+      eval_batches=1,
+      checkpoint_every=2,
+      keep_checkpoints=20,
+      async_checkpoint=True,
+      tensorboard=False,
+    )
+  )
   c.mesh.update(dict(data=1, fsdp=1, tensor=1))
   return c
 
@@ -91,6 +104,7 @@ def main() -> None:
     block_commit_of(args.block_save_at)
   config = worker_config(args.corpus, str(Path(args.workdir) / "token_cache"), args.steps)
   stage = pretrain_stage(config, args.workdir)
+
   def on_step(m):
     print(f"STEP {m['step']} {m['loss']!r}", flush=True)
     time.sleep(args.step_delay)

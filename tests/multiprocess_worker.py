@@ -44,8 +44,12 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument("--async-checkpoint", action="store_true")
   p.add_argument("--sigterm-at", type=int, default=0, help="process 0 sends itself SIGTERM after this step")
   p.add_argument("--preemption-check-every", type=int, default=0, help="steps between the processes' signal checks")
-  p.add_argument("--mesh", choices=sorted(MESHES), default="data",
-                 help="data: replicated parameters; fsdp: parameters sharded across the processes")
+  p.add_argument(
+    "--mesh",
+    choices=sorted(MESHES),
+    default="data",
+    help="data: replicated parameters; fsdp: parameters sharded across the processes",
+  )
   args = p.parse_args(argv)
 
   maybe_initialize_distributed()
@@ -55,8 +59,15 @@ def main(argv: list[str] | None = None) -> None:
   from modernlm_jax.train.loop import StageData, train
   from modernlm_jax.train.synthetic import SyntheticBatches
 
-  config = tiny_config("modern", steps=args.steps, batch_size=args.batch_size, seq_len=16, mesh=MESHES[args.mesh],
-                       checkpoint_every=args.checkpoint_every, async_checkpoint=args.async_checkpoint)
+  config = tiny_config(
+    "modern",
+    steps=args.steps,
+    batch_size=args.batch_size,
+    seq_len=16,
+    mesh=MESHES[args.mesh],
+    checkpoint_every=args.checkpoint_every,
+    async_checkpoint=args.async_checkpoint,
+  )
   pi, pc = jax.process_index(), jax.process_count()
   common = dict(batch_size=config.train.batch_size, seq_len=config.data.seq_len, vocab_size=config.model.vocab_size)
   train_iter = SyntheticBatches(**common, seed=0, process_index=pi, process_count=pc)
@@ -81,14 +92,14 @@ def main(argv: list[str] | None = None) -> None:
   except preemption.Preempted as e:
     exit_code, final = e.code, {"preempted_at": e.step}
   result = {
-      "process_index": pi,
-      "process_count": pc,
-      "local_devices": jax.local_device_count(),
-      "global_devices": jax.device_count(),
-      "steps": sorted(losses),
-      "losses": [losses[s] for s in sorted(losses)],
-      "val_loss": final.get("val_loss"),
-      "preempted_at": final.get("preempted_at"),
+    "process_index": pi,
+    "process_count": pc,
+    "local_devices": jax.local_device_count(),
+    "global_devices": jax.device_count(),
+    "steps": sorted(losses),
+    "losses": [losses[s] for s in sorted(losses)],
+    "val_loss": final.get("val_loss"),
+    "preempted_at": final.get("preempted_at"),
   }
   print("RESULT " + json.dumps(result), flush=True)
   if pc > 1:

@@ -40,17 +40,24 @@ def main_failures(tmp_path_factory) -> dict[str, tuple[int, str, Path]]:
   (tmp / "empty.txt").write_text("  \n\n \t \n\n")
   (tmp / "bad.jsonl").write_text('{"text": "a fine first row"}\n{"text": "an unclosed string}\n{"text": "x"}\n')
   cases = {
-      "wrong_type": ["--config.train.steps=abc"],
-      "missing_path": [f"--config.data.source=text:{tmp}/no_such_dir/*.txt"],
-      "empty_dataset": [f"--config.data.source=text:{tmp}/empty.txt"],
-      "malformed_jsonl": [f"--config.data.source=jsonl:{tmp}/bad.jsonl"],
+    "wrong_type": ["--config.train.steps=abc"],
+    "missing_path": [f"--config.data.source=text:{tmp}/no_such_dir/*.txt"],
+    "empty_dataset": [f"--config.data.source=text:{tmp}/empty.txt"],
+    "malformed_jsonl": [f"--config.data.source=jsonl:{tmp}/bad.jsonl"],
   }
   procs = {}
   for name, args in cases.items():
     workdir = tmp / name
-    procs[name] = (subprocess.Popen([sys.executable, "-m", "modernlm_jax.main", "--config=configs/pretrain.py",
-                                     f"--workdir={workdir}", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.PIPE, text=True), workdir)
+    procs[name] = (
+      subprocess.Popen(
+        [sys.executable, "-m", "modernlm_jax.main", "--config=configs/pretrain.py", f"--workdir={workdir}", *args],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+      ),
+      workdir,
+    )
   out = {}
   for name, (proc, workdir) in procs.items():
     _, stderr = proc.communicate(timeout=300)
@@ -59,11 +66,11 @@ def main_failures(tmp_path_factory) -> dict[str, tuple[int, str, Path]]:
 
 
 MAIN_EXPECTED = {
-    "wrong_type": r"--config\.train\.steps=abc: invalid literal for int\(\)",
-    "missing_path": r"no files match the data pattern '.*/no_such_dir/\*\.txt'; check the path",
-    "empty_dataset": r"'text:.*/empty\.txt' has no documents \(empty or whitespace-only\?\); check the files",
-    "malformed_jsonl": r"bad\.jsonl:2: malformed JSONL row \(invalid JSON: .*\); fix the file or set "
-                       r"data\.skip_bad_rows=True",
+  "wrong_type": r"--config\.train\.steps=abc: invalid literal for int\(\)",
+  "missing_path": r"no files match the data pattern '.*/no_such_dir/\*\.txt'; check the path",
+  "empty_dataset": r"'text:.*/empty\.txt' has no documents \(empty or whitespace-only\?\); check the files",
+  "malformed_jsonl": r"bad\.jsonl:2: malformed JSONL row \(invalid JSON: .*\); fix the file or set "
+  r"data\.skip_bad_rows=True",
 }
 
 
@@ -80,8 +87,11 @@ def test_jsonl_row_with_lone_surrogate_escape_is_a_malformed_row(tmp_path):
   # "\ud800" is valid JSON but not encodable text: it must be reported with file and line, not crash a tokenizer.
   path = tmp_path / "rows.jsonl"
   path.write_text('{"text": "one"}\n{"text": "two \\ud800 three"}\n{"text": "four"}\n')
-  with pytest.raises(ValueError, match=r"rows\.jsonl:2: malformed JSONL row \(field 'text' holds an unpaired "
-                                       r"surrogate escape"):
+  with pytest.raises(
+    ValueError,
+    match=r"rows\.jsonl:2: malformed JSONL row \(field 'text' holds an unpaired "
+    r"surrogate escape",
+  ):
     sources.load_documents(f"jsonl:{path}", "all")
   loaded = sources.read_source(f"jsonl:{path}", "all", skip_bad_rows=True)
   assert loaded.texts == ["one", "four"] and loaded.skipped_rows == 1
@@ -93,8 +103,11 @@ def test_overlong_posttrain_examples_are_truncated_and_counted_or_refused_when_n
   rows = []
   for i in range(8):
     long = f"response {i} " + "and so on " * 60  # ~600 bytes, ten times the row length
-    rows.append({"prompt": f"question {i}? " * 20, "response": long} if kind == "sft" else
-                {"prompt": f"question {i}? " * 20, "chosen": long, "rejected": "no. " + long})
+    rows.append(
+      {"prompt": f"question {i}? " * 20, "response": long}
+      if kind == "sft"
+      else {"prompt": f"question {i}? " * 20, "chosen": long, "rejected": "no. " + long}
+    )
   path.write_text("\n".join(json.dumps(r) for r in rows))
   cfg = default_posttrain_data_config(kind)
   cfg.update(dict(source=f"jsonl:{path}", seq_len=64, truncation="skip", val_min_records=2))
@@ -117,8 +130,11 @@ def test_overlong_posttrain_examples_are_truncated_and_counted_or_refused_when_n
 @pytest.mark.skipif(jax.device_count() < 4, reason="needs 4 (fake) devices: XLA_FLAGS set by the root conftest.py")
 def test_train_rejects_batch_not_divisible_by_data_parallel_size_before_any_work(tmp_path):
   cfg = tiny_config(batch_size=6, mesh=(2, 2, 1))
-  with pytest.raises(ValueError, match=r"global batch size 6 is not divisible by the data-parallel size 4 "
-                                       r"\(mesh data=2 × fsdp=2\); pick a multiple of 4"):
+  with pytest.raises(
+    ValueError,
+    match=r"global batch size 6 is not divisible by the data-parallel size 4 "
+    r"\(mesh data=2 × fsdp=2\); pick a multiple of 4",
+  ):
     train(cfg, tmp_path, synthetic_stage(cfg))
   cfg = tiny_config(batch_size=6, accum_steps=4, mesh=(1, 1, 1))
   with pytest.raises(ValueError, match=r"train\.batch_size=6 must be divisible by train\.accum_steps=4"):
@@ -145,9 +161,9 @@ def test_init_from_pointing_at_nothing(corpus_config, tmp_path):
   unfinished = tmp_path / "killed_run" / "checkpoints" / "2.orbax-checkpoint-tmp-1700000000"
   unfinished.mkdir(parents=True)
   cases = {
-      tmp_path / "missing": r"init_from='.*/missing' does not exist; point it at a run directory",
-      tmp_path / "empty_dir": r"init_from='.*/empty_dir' holds neither checkpoints/ nor params\.msgpack",
-      tmp_path / "killed_run": r"init_from=.*/killed_run/checkpoints holds no finished checkpoint; train that stage",
+    tmp_path / "missing": r"init_from='.*/missing' does not exist; point it at a run directory",
+    tmp_path / "empty_dir": r"init_from='.*/empty_dir' holds neither checkpoints/ nor params\.msgpack",
+    tmp_path / "killed_run": r"init_from=.*/killed_run/checkpoints holds no finished checkpoint; train that stage",
   }
   for path, expected in cases.items():
     config = corpus_config.copy_and_resolve_references()
@@ -192,13 +208,15 @@ def test_nonfinite_guard_reports_the_data_position_of_the_bad_batch(corpus_confi
     train(config, tmp_path, stage)
   position = json.loads(re.search(r"data position (\{.*?\})\.", str(err.value)).group(1))
   # The position is the iterator state right after the bad batch: restoring it finds that batch again.
-  fresh = make_train_iterator(config.data, stage.tokenizer, seed=int(config.seed),
-                              global_batch_size=int(config.train.batch_size))
+  fresh = make_train_iterator(
+    config.data, stage.tokenizer, seed=int(config.seed), global_batch_size=int(config.train.batch_size)
+  )
   fresh.set_state(position)
   assert fresh.step == 4
   bad = fresh.batch_at(fresh.step - 1)
-  reference = make_train_iterator(config.data, stage.tokenizer, seed=int(config.seed),
-                                  global_batch_size=int(config.train.batch_size))
+  reference = make_train_iterator(
+    config.data, stage.tokenizer, seed=int(config.seed), global_batch_size=int(config.train.batch_size)
+  )
   for _ in range(3):
     next(reference)
   np.testing.assert_array_equal(next(reference)["inputs"], bad["inputs"])

@@ -16,7 +16,9 @@ TINY = dict(vocab_size=64, max_len=64, n_layers=2, d_model=32, n_heads=4, d_ff=6
 
 
 def bench_config_module():
-  spec = importlib.util.spec_from_file_location("bench_config", Path(__file__).resolve().parents[1] / "configs" / "bench.py")
+  spec = importlib.util.spec_from_file_location(
+    "bench_config", Path(__file__).resolve().parents[1] / "configs" / "bench.py"
+  )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
@@ -100,14 +102,23 @@ def test_gpu_preset_uses_the_fast_path(monkeypatch):
   assert (r.model.dtype, r.train.loss_chunk) == ("bfloat16", 4096)
   objective = make_objective(r)
   assert objective.use_segment_ids is False
-  kernel, reason = select_attention_impl(ModelConfig.from_dict(r.model), backend="gpu",
-                                         has_segments=objective.use_segment_ids, decoding=False, seq_len=1024)
+  kernel, reason = select_attention_impl(
+    ModelConfig.from_dict(r.model), backend="gpu", has_segments=objective.use_segment_ids, decoding=False, seq_len=1024
+  )
   assert kernel == "cudnn", reason
 
 
-@pytest.mark.parametrize("kind,peak", [("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H200", 989e12),
-                                       ("NVIDIA A100-SXM4-40GB", 312e12), ("TPU v4", 275e12), ("TPU v3", 123e12),
-                                       ("cpu", None)])
+@pytest.mark.parametrize(
+  "kind,peak",
+  [
+    ("NVIDIA H100 80GB HBM3", 989e12),
+    ("NVIDIA H200", 989e12),
+    ("NVIDIA A100-SXM4-40GB", 312e12),
+    ("TPU v4", 275e12),
+    ("TPU v3", 123e12),
+    ("cpu", None),
+  ],
+)
 def test_peak_table(kind, peak):
   class Fake:
     device_kind = kind
@@ -117,23 +128,30 @@ def test_peak_table(kind, peak):
 
 def test_top_ops_sums_by_hlo_op_and_falls_back_to_device_events():
   events = [
-      {"ph": "X", "name": "k1", "dur": 30.0, "args": {"hlo_op": "fusion.1"}},
-      {"ph": "X", "name": "k2", "dur": 10.0, "args": {"hlo_op": "fusion.1"}},
-      {"ph": "X", "name": "k3", "dur": 60.0, "args": {"hlo_op": "dot.2"}},
-      {"ph": "X", "name": "python", "dur": 999.0},
+    {"ph": "X", "name": "k1", "dur": 30.0, "args": {"hlo_op": "fusion.1"}},
+    {"ph": "X", "name": "k2", "dur": 10.0, "args": {"hlo_op": "fusion.1"}},
+    {"ph": "X", "name": "k3", "dur": 60.0, "args": {"hlo_op": "dot.2"}},
+    {"ph": "X", "name": "python", "dur": 999.0},
   ]
   rows = profile.top_ops(events, 5)
   assert [(r.name, r.count) for r in rows] == [("dot.2", 1), ("fusion.1", 2)]
   assert rows[1].total_ms == pytest.approx(0.04) and rows[0].share == pytest.approx(0.6)
-  device_only = [{"ph": "M", "pid": 7, "name": "process_name", "args": {"name": "/device:GPU:0"}},
-                 {"ph": "X", "pid": 7, "name": "gemm", "dur": 5.0}, {"ph": "X", "pid": 1, "name": "host", "dur": 50.0}]
+  device_only = [
+    {"ph": "M", "pid": 7, "name": "process_name", "args": {"name": "/device:GPU:0"}},
+    {"ph": "X", "pid": 7, "name": "gemm", "dur": 5.0},
+    {"ph": "X", "pid": 1, "name": "host", "dur": 50.0},
+  ]
   assert [r.name for r in profile.top_ops(device_only)] == ["gemm"]
   assert "gemm" in profile.format_top_ops(profile.top_ops(device_only))
 
 
 def test_op_families_add_up_per_layer_copies():
-  rows = [profile.OpTime("custom-call.36", 4, 9.0, 0.45), profile.OpTime("fusion.2", 1, 1.0, 0.05),
-          profile.OpTime("custom-call.85", 6, 6.0, 0.30), profile.OpTime("dot_product_attention_bwd.104", 2, 4.0, 0.2)]
+  rows = [
+    profile.OpTime("custom-call.36", 4, 9.0, 0.45),
+    profile.OpTime("fusion.2", 1, 1.0, 0.05),
+    profile.OpTime("custom-call.85", 6, 6.0, 0.30),
+    profile.OpTime("dot_product_attention_bwd.104", 2, 4.0, 0.2),
+  ]
   fams = profile.op_families(rows)
   assert [(f.name, f.count) for f in fams] == [("custom-call", 10), ("dot_product_attention_bwd", 2), ("fusion", 1)]
   assert fams[0].total_ms == pytest.approx(15.0) and fams[0].share == pytest.approx(0.75)

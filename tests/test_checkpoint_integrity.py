@@ -123,7 +123,7 @@ def flip_bit_in_array_file(step_dir: Path) -> None:
     if _decodes_differently(zarray, chunk, value, bytes(damaged), scratch):
       data = path.read_bytes()
       at = data.index(value)
-      path.write_bytes(data[:at] + bytes(damaged) + data[at + len(value):])
+      path.write_bytes(data[:at] + bytes(damaged) + data[at + len(value) :])
       shutil.rmtree(scratch)
       return
   pytest.fail(f"no bit of {key!r} in {path} decodes to other values")
@@ -141,26 +141,29 @@ def empty_step_directory(step_dir: Path) -> None:
 def missing_item(name: str):
   def damage(step_dir: Path) -> None:
     shutil.rmtree(step_dir / name)
+
   damage.__name__ = f"missing_{name}_item"
   return damage
 
 
 FAULTS = {  # fault -> a phrase of the reason the refusal must give
-    "truncated_array_file": (truncate_array_file, "error while reading"),
-    "emptied_array_file": (empty_array_file, "error while reading"),
-    "flipped_bit_in_array_file": (flip_bit_in_array_file, "fingerprint mismatch"),
-    "flipped_bit_in_chunk_header": (flip_bit_in_chunk_header, "error while reading"),
-    "missing_state_item": (missing_item("state"), 'Item "state" was not found'),
-    "missing_meta_item": (missing_item("meta"), 'Item "meta" was not found'),
-    "missing_data_item": (missing_item("data"), 'Item "data" was not found'),
-    "garbage_data_state_json": (garbage_data_state, "JSONDecodeError"),
-    "empty_step_directory": (empty_step_directory, "unreadable"),
+  "truncated_array_file": (truncate_array_file, "error while reading"),
+  "emptied_array_file": (empty_array_file, "error while reading"),
+  "flipped_bit_in_array_file": (flip_bit_in_array_file, "fingerprint mismatch"),
+  "flipped_bit_in_chunk_header": (flip_bit_in_chunk_header, "error while reading"),
+  "missing_state_item": (missing_item("state"), 'Item "state" was not found'),
+  "missing_meta_item": (missing_item("meta"), 'Item "meta" was not found'),
+  "missing_data_item": (missing_item("data"), 'Item "data" was not found'),
+  "garbage_data_state_json": (garbage_data_state, "JSONDecodeError"),
+  "empty_step_directory": (empty_step_directory, "unreadable"),
 }
 
 
 def tree_digest(path: Path) -> dict[str, str]:
-  return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-          for p in sorted(path.rglob("*"))}
+  return {
+    str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+    for p in sorted(path.rglob("*"))
+  }
 
 
 def abstract_state(config):
@@ -173,10 +176,13 @@ def abstract_state(config):
 
 
 def readable(ckpt_dir: Path, step: int) -> bool:
-  mngr = ocp.CheckpointManager(ckpt_dir, item_names=("state", "data", "meta"),
-                               options=ocp.CheckpointManagerOptions(read_only=True))
-  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                                        data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
+  mngr = ocp.CheckpointManager(
+    ckpt_dir, item_names=("state", "data", "meta"), options=ocp.CheckpointManagerOptions(read_only=True)
+  )
+  restored = mngr.restore(
+    step,
+    args=ocp.args.Composite(state=ocp.args.StandardRestore(), data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()),
+  )
   return restored["meta"]["step"] == step
 
 
@@ -229,8 +235,11 @@ def test_no_readable_checkpoint_stops_and_touches_nothing(trained, tmp_path):
   for step_dir in (workdir / "checkpoints").iterdir():
     truncate_array_file(step_dir)
   before = tree_digest(workdir)
-  with pytest.raises(ckpt_lib.CheckpointError, match=r"(?s)no readable checkpoint.*tried \[8, 6, 4, 2\].*"
-                     r"Refusing to start from scratch over existing work"):
+  with pytest.raises(
+    ckpt_lib.CheckpointError,
+    match=r"(?s)no readable checkpoint.*tried \[8, 6, 4, 2\].*"
+    r"Refusing to start from scratch over existing work",
+  ):
     train(config, workdir, pretrain_stage(config, workdir))
   assert tree_digest(workdir) == before  # no fresh start, nothing moved, nothing overwritten
 
@@ -258,8 +267,10 @@ def test_fingerprints_catch_every_single_bit_flip_and_check_only_the_given_part(
   import jax.numpy as jnp
   import numpy as np
 
-  state = {"params": {"w": jnp.linspace(-1, 1, 64, dtype=jnp.float32).reshape(8, 8), "b": jnp.ones(3, jnp.bfloat16)},
-           "step": jnp.array(7, jnp.int32)}
+  state = {
+    "params": {"w": jnp.linspace(-1, 1, 64, dtype=jnp.float32).reshape(8, 8), "b": jnp.ones(3, jnp.bfloat16)},
+    "step": jnp.array(7, jnp.int32),
+  }
   meta = {"fingerprints": ckpt_lib.fingerprints(state)}
   ckpt_lib.verify_fingerprints(state, meta, "same")  # unchanged: passes
   ckpt_lib.verify_fingerprints({"params": state["params"]}, meta, "part")  # a part of the saved tree: passes

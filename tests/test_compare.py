@@ -29,7 +29,9 @@ def _configs_module():
 
 
 CONFIGS = _configs_module()
-BYTES_TOK = ml_collections.ConfigDict(dict(kind="bytes", vocab_size=8192, model_type="bpe", byte_fallback=True, path=""))
+BYTES_TOK = ml_collections.ConfigDict(
+  dict(kind="bytes", vocab_size=8192, model_type="bpe", byte_fallback=True, path="")
+)
 
 
 # --------------------------------------------------------------------------- presets
@@ -51,7 +53,11 @@ def test_every_preset_builds_valid_member_configs(preset):
     assert mc.seed == m.seed and mc.task == "pretrain" and "compare" not in mc
     # The matched protocol: every member keeps the comparison's budget and data.
     assert (mc.train.steps, mc.train.batch_size, mc.data.seq_len, mc.data.source) == (
-        c.train.steps, c.train.batch_size, c.data.seq_len, c.data.source)
+      c.train.steps,
+      c.train.batch_size,
+      c.data.seq_len,
+      c.data.source,
+    )
     assert mc.data.seq_len <= cfg.max_len
 
 
@@ -66,9 +72,16 @@ def test_smoke_preset_includes_the_hybrid_when_registered_and_shares_one_vocabul
 
 def test_ablation_presets_change_exactly_one_field_of_the_modern_family():
   c = CONFIGS.get_config("ablate-positions")
-  by_arm = {m.arm: ModelConfig.from_dict(compare_plan.member_config(c, m, BYTES_TOK).model)
-            for m in compare_plan.plan(c) if m.seed == 0}
-  assert {a: cfg.positions for a, cfg in by_arm.items()} == {"rope": "rope", "alibi": "alibi", "rope+alibi": "rope+alibi"}
+  by_arm = {
+    m.arm: ModelConfig.from_dict(compare_plan.member_config(c, m, BYTES_TOK).model)
+    for m in compare_plan.plan(c)
+    if m.seed == 0
+  }
+  assert {a: cfg.positions for a, cfg in by_arm.items()} == {
+    "rope": "rope",
+    "alibi": "alibi",
+    "rope+alibi": "rope+alibi",
+  }
   rope = by_arm["rope"].to_dict()
   for arm, cfg in by_arm.items():
     assert {k for k, v in cfg.to_dict().items() if rope[k] != v} <= {"positions"}, arm
@@ -108,13 +121,22 @@ def test_a_variant_may_not_change_what_all_members_share():
 
 
 def test_curves_from_metrics_keep_the_last_row_of_a_repeated_step(tmp_path):
-  rows = [{"step": 1, "loss": 5.0, "tokens_seen": 64, "grad_norm": 2.5}, {"step": 2, "loss": 4.0, "tokens_seen": 128},
-          {"step": 2, "val_loss": 4.5, "val_ppl": 90.0}, {"step": 2, "loss": 3.9, "tokens_seen": 128},  # resumed
-          {"step": 4, "loss": 3.0, "tokens_seen": 256}, {"step": 4, "val_loss": 3.5}]
+  rows = [
+    {"step": 1, "loss": 5.0, "tokens_seen": 64, "grad_norm": 2.5},
+    {"step": 2, "loss": 4.0, "tokens_seen": 128},
+    {"step": 2, "val_loss": 4.5, "val_ppl": 90.0},
+    {"step": 2, "loss": 3.9, "tokens_seen": 128},  # resumed
+    {"step": 4, "loss": 3.0, "tokens_seen": 256},
+    {"step": 4, "val_loss": 3.5},
+  ]
   (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
   curves = compare_eval.curves_from_metrics(tmp_path, tokens_per_step=64)
-  assert curves == {"tokens": [64, 128, 256], "train_loss": [5.0, 3.9, 3.0], "val_tokens": [128, 256],
-                    "val_loss": [4.5, 3.5]}
+  assert curves == {
+    "tokens": [64, 128, 256],
+    "train_loss": [5.0, 3.9, 3.0],
+    "val_tokens": [128, 256],
+    "val_loss": [4.5, 3.5],
+  }
   assert compare_eval.first_step_metric(tmp_path, "grad_norm") == 2.5
 
 
@@ -131,8 +153,9 @@ def test_validation_stream_counts_text_bytes_plus_one_per_document_boundary(tmp_
 
   docs = ["first document", "zweites Dokument \u00fc", "third"]
   (tmp_path / "val.txt").write_text("\n\n".join(docs), encoding="utf-8")
-  data = ml_collections.ConfigDict(dict(source="builtin", val_source=f"text:{tmp_path}/val.txt", jsonl_field="text",
-                                        skip_bad_rows=False))
+  data = ml_collections.ConfigDict(
+    dict(source="builtin", val_source=f"text:{tmp_path}/val.txt", jsonl_field="text", skip_bad_rows=False)
+  )
   assert compare_eval.validation_texts(data) == docs
   ids, n_bytes = compare_eval.validation_stream(data, ByteTokenizer(), max_tokens=0)
   assert n_bytes == sum(len(d.encode()) + 1 for d in docs) and len(ids) == n_bytes + 1
@@ -149,11 +172,23 @@ def _tiny(family, **kw):
 
 
 def test_scale_plan_caps_attention_lengths_and_shares_prefill_and_decode_lengths():
-  settings = ml_collections.ConfigDict(dict(prefill_tokens=1024, prefill_repeats=3, decode_tokens=256, decode_repeats=2,
-                                            context_lengths="16,32,64", long_context_lengths="128",
-                                            context_repeats=2, subprocess=False))
-  free = _tiny("modern", positions="none", layer_pattern=("ssm",)) if "hybrid" in compare_plan.valid_families() \
-      else _tiny("modern", positions="none")
+  settings = ml_collections.ConfigDict(
+    dict(
+      prefill_tokens=1024,
+      prefill_repeats=3,
+      decode_tokens=256,
+      decode_repeats=2,
+      context_lengths="16,32,64",
+      long_context_lengths="128",
+      context_repeats=2,
+      subprocess=False,
+    )
+  )
+  free = (
+    _tiny("modern", positions="none", layer_pattern=("ssm",))
+    if "hybrid" in compare_plan.valid_families()
+    else _tiny("modern", positions="none")
+  )
   plans = compare_inference.scale_plan({"gpt2": _tiny("gpt2"), "modern": _tiny("modern"), "free": free}, settings)
   assert plans["gpt2"]["context_lengths"] == [16, 32] and plans["modern"]["context_lengths"] == [16, 32]
   assert "learned position table" in plans["gpt2"]["context_skipped"]["64"]
@@ -167,8 +202,16 @@ def test_scale_plan_caps_attention_lengths_and_shares_prefill_and_decode_lengths
 def test_inference_in_a_subprocess_matches_in_process_and_adds_memory():
   cfg = _tiny("modern")
   params = init_params(cfg, jax.random.key(0))
-  plan = {"prefill_tokens": 16, "prefill_repeats": 2, "decode_tokens": 8, "decode_repeats": 2,
-          "context_lengths": [8, 16], "context_repeats": 2, "context_skipped": {}, "memory": True}
+  plan = {
+    "prefill_tokens": 16,
+    "prefill_repeats": 2,
+    "decode_tokens": 8,
+    "decode_repeats": 2,
+    "context_lengths": [8, 16],
+    "context_repeats": 2,
+    "context_skipped": {},
+    "memory": True,
+  }
   isolated = compare_inference.entry(compare_inference.measure_in_subprocess(params, cfg, plan), plan)
   local = compare_inference.entry(compare_inference.measure(params, cfg, {**plan, "memory": False}), plan)
   assert isolated["peak_mem_bytes"] > 0 and isolated["mem_kind"] in results_lib.MEM_KINDS
@@ -194,20 +237,43 @@ def _write_corpus(folder: Path) -> str:
 def _mini_config(tmp_path: Path):
   c = CONFIGS.get_config("smoke")
   tiny = dict(n_layers=1, d_model=32, n_heads=2, d_ff=64, max_len=64)
-  c.compare.variants = ml_collections.ConfigDict({
+  c.compare.variants = ml_collections.ConfigDict(
+    {
       "gpt2": CONFIGS._variant("gpt2", "tiny gpt2", model=tiny),
       "modern": CONFIGS._variant("modern", "tiny modern", model=tiny),
       "broken": CONFIGS._variant("modern", "invalid override", model={**tiny, "n_heads": 5}),
-  })
+    }
+  )
   c.compare.update(dict(families="gpt2,modern,broken", scales="tiny", seeds="0", tokenizer="bytes", vocab_size=257))
-  c.data.update(dict(source=_write_corpus(tmp_path / "data"), seq_len=32, val_tokens=512,
-                     cache_dir=str(tmp_path / "cache")))
+  c.data.update(
+    dict(source=_write_corpus(tmp_path / "data"), seq_len=32, val_tokens=512, cache_dir=str(tmp_path / "cache"))
+  )
   c.mesh.data = 1  # one device: the tests' fake 8-device CPU would need a batch of 8
-  c.train.update(dict(steps=10, batch_size=4, warmup_steps=2, eval_every=5, eval_batches=2, checkpoint_every=10,
-                      log_every=2, async_checkpoint=False))
+  c.train.update(
+    dict(
+      steps=10,
+      batch_size=4,
+      warmup_steps=2,
+      eval_every=5,
+      eval_batches=2,
+      checkpoint_every=10,
+      log_every=2,
+      async_checkpoint=False,
+    )
+  )
   c.compare.probes.update(dict(num_per_tier=1, distances="1,3", long_context=64, batch_size=8))
-  c.compare.inference.update(dict(prefill_tokens=32, prefill_repeats=2, decode_tokens=8, decode_repeats=1,
-                                  context_lengths="16,32", long_context_lengths="", context_repeats=1, subprocess=False))
+  c.compare.inference.update(
+    dict(
+      prefill_tokens=32,
+      prefill_repeats=2,
+      decode_tokens=8,
+      decode_repeats=1,
+      context_lengths="16,32",
+      long_context_lengths="",
+      context_repeats=1,
+      subprocess=False,
+    )
+  )
   # 5 overfit steps cannot memorise anything: the gate is off so the rest of the machinery runs (and is recorded).
   c.compare.smoke.update(dict(overfit_rows=2, overfit_len=16, overfit_steps=5, min_points=2, gate=False))
   c.compare.update(dict(suite="", perplexity=""))

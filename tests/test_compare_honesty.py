@@ -36,7 +36,9 @@ def test_real_data_presets_stop_in_seconds_naming_data_source_without_shared_dat
 def test_real_data_presets_default_to_the_shared_gutenberg_and_wikitext_text(shared_data_dir, monkeypatch):
   monkeypatch.setenv("MODERNLM_SHARED_DATA", str(shared_data_dir))
   c = CONFIGS.get_config("tiny")
-  parts = dict((sub, w) for w, sub in __import__("modernlm_jax.data.sources", fromlist=["x"]).parse_mixture(c.data.source))
+  parts = dict(
+    (sub, w) for w, sub in __import__("modernlm_jax.data.sources", fromlist=["x"]).parse_mixture(c.data.source)
+  )
   assert f"text@file:{shared_data_dir}/gutenberg/*.txt" in parts
   assert f"text@blank:{shared_data_dir}/wikitext2/train.txt" in parts
   assert compare_plan.resolve_data_root(c) == (str(shared_data_dir), "")
@@ -91,18 +93,34 @@ def test_a_failed_overfit_check_yields_fix_first_before_full_training(tmp_path, 
 
 def _run(family, scale, params, loss, bpb, tokenizer, epochs=1.0):
   return results_lib.make_run(
-      family, scale, 0, params, curves={"tokens": [10, 20], "train_loss": [3.0, 2.9], "val_loss": [3.1, 3.0]},
-      final={"val_loss": loss, "ppl": 2.718 ** loss, "bpb": bpb}, tokenizer=tokenizer,
-      data={"tokens_seen": 1000, "tokens_per_epoch": int(1000 / epochs), "epochs": epochs},
-      perplexity={"wikitext2:test": {"bpb": bpb, "ppl": 50.0}},
-      skipped={"perplexity": {"ptb:test": "corpus file /x/ptb.test.txt not found"},
-               "tasks": {"hellaswag": "no data for hellaswag under /x"}},
-      tasks={"sst2": 0.5})
+    family,
+    scale,
+    0,
+    params,
+    curves={"tokens": [10, 20], "train_loss": [3.0, 2.9], "val_loss": [3.1, 3.0]},
+    final={"val_loss": loss, "ppl": 2.718**loss, "bpb": bpb},
+    tokenizer=tokenizer,
+    data={"tokens_seen": 1000, "tokens_per_epoch": int(1000 / epochs), "epochs": epochs},
+    perplexity={"wikitext2:test": {"bpb": bpb, "ppl": 50.0}},
+    skipped={
+      "perplexity": {"ptb:test": "corpus file /x/ptb.test.txt not found"},
+      "tasks": {"hellaswag": "no data for hellaswag under /x"},
+    },
+    tasks={"sst2": 0.5},
+  )
 
 
 def _results(runs, smoke=None):
-  proto = {"data_source": "text:x", "token_budget": 1000, "schedule": "cosine", "batch_size": 1, "seq_len": 8,
-           "seeds": [0], "tokenizer": "sp-a; sp-b", "baseline_family": "gpt2"}
+  proto = {
+    "data_source": "text:x",
+    "token_budget": 1000,
+    "schedule": "cosine",
+    "batch_size": 1,
+    "seq_len": 8,
+    "seeds": [0],
+    "tokenizer": "sp-a; sp-b",
+    "baseline_family": "gpt2",
+  }
   res = results_lib.new_results(proto)
   for r in runs:
     results_lib.add_run(res, r)
@@ -137,7 +155,7 @@ def test_report_lists_skipped_items_corpora_bpb_data_repetition_and_audit(tmp_pa
   assert "skipped: no data for hellaswag under /x" in report
   assert "wikitext2:test" in report and "1.4000 (n=1) bpb" in report
   assert "tokens / epoch" in report and "6.50 (repeats its data: > 4 epochs)" in report
-  verdict = report[report.index("## Verdict"):report.index("## Protocol")]
+  verdict = report[report.index("## Verdict") : report.index("## Protocol")]
   assert "WARNING: gpt2-8m-s0 repeats its training data 6.5 times" in verdict
   assert "Verdict audit" in verdict and "3 loss gate" in verdict and "loss ratio 0.9750" in verdict
   assert results_lib.validate(res) == []
@@ -145,8 +163,14 @@ def test_report_lists_skipped_items_corpora_bpb_data_repetition_and_audit(tmp_pa
 
 def test_smoke_failure_gates_the_verdict_unless_the_gate_is_off():
   runs = [_run("gpt2", "8m", 8e6, 4.0, 1.4, "sp"), _run("modern", "8m", 8e6, 3.0, 1.0, "sp")]
-  smoke = {"scale": "8m", "overfit": {"size": 32, "unit": "tokens",
-                                      "by_family": {"gpt2": {"final_loss": 0.01}, "modern": {"final_loss": 2.0}}}}
+  smoke = {
+    "scale": "8m",
+    "overfit": {
+      "size": 32,
+      "unit": "tokens",
+      "by_family": {"gpt2": {"final_loss": 0.01}, "modern": {"final_loss": 2.0}},
+    },
+  }
   gated = decision.verdict_from_results(_results(runs, copy.deepcopy(smoke)), "modern", "gpt2")
   assert gated["decision"] == decision.FIX_FIRST and "overfit" in gated["reasons"][0]
   off = decision.verdict_from_results(_results(runs, {**smoke, "gate": False}), "modern", "gpt2")
@@ -171,8 +195,9 @@ def test_test_sized_comparison_on_real_data_reports_tasks_corpora_and_epochs(tmp
   config.compare.families = "gpt2,modern"
   config.data.source = f"text@file:{shared_data_dir}/gutenberg/carroll__alice_s_adventures_in_wonderland.txt"
   config.data.val_source = f"text@blank:{shared_data_dir}/wikitext2/valid.txt"
-  config.compare.update(dict(suite="quick", perplexity="wikitext2:test,wikitext103:test,ptb:test",
-                             perplexity_max_chars=3000, data_root=""))
+  config.compare.update(
+    dict(suite="quick", perplexity="wikitext2:test,wikitext103:test,ptb:test", perplexity_max_chars=3000, data_root="")
+  )
   config.compare.probes.enabled = False
   config.compare.inference.enabled = False
   config.compare.smoke.enabled = False
@@ -189,7 +214,15 @@ def test_test_sized_comparison_on_real_data_reports_tasks_corpora_and_epochs(tmp
     assert d["tokens_seen"] == 10 * 4 * 32 and d["tokens_per_epoch"] > 0
     assert d["epochs"] == pytest.approx(d["tokens_seen"] / d["tokens_per_epoch"])
   report = (workdir / "report.md").read_text()
-  for text in ("tokens / epoch", "epochs", "val loss (nats/token)", "bits/byte", "wikitext103:test", "ptb:test",
-               "### Downstream tasks", "sst2"):
+  for text in (
+    "tokens / epoch",
+    "epochs",
+    "val loss (nats/token)",
+    "bits/byte",
+    "wikitext103:test",
+    "ptb:test",
+    "### Downstream tasks",
+    "sst2",
+  ):
     assert text in report, text
   assert str(shared_data_dir) in results["protocol"]["downstream_tasks"]

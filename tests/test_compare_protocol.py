@@ -58,8 +58,10 @@ def _write_texts(folder: Path) -> tuple[str, str]:
   (folder / "corpus.txt").write_text("\n\n".join(docs))
   for i in range(3):  # long "books": one document per file, each far longer than 32K bytes
     (folder / f"book{i}.txt").write_text(" ".join(rng.choice(words, size=9000)))
-  dd = [{"dialog": [f"Do you like the {w} ?", f"Yes , the {w} is nice .", "Why ?", f"Because the {w} is old ."]}
-        for w in words[:6]]
+  dd = [
+    {"dialog": [f"Do you like the {w} ?", f"Yes , the {w} is nice .", "Why ?", f"Because the {w} is old ."]}
+    for w in words[:6]
+  ]
   (folder / "dd.jsonl").write_text("\n".join(json.dumps(d) for d in dd))
   return f"text:{folder}/corpus.txt", f"text@file:{folder}/book*.txt"
 
@@ -68,24 +70,38 @@ def _protocol_config(tmp_path: Path, budget: str):
   c = CONFIGS.get_config("smoke")
   # max_len 256: the rolling windows advance in chunks of a quarter window, so a larger window means fewer calls
   tiny = dict(n_layers=1, d_model=32, n_heads=2, d_ff=64, max_len=256)
-  c.compare.variants = ml_collections.ConfigDict({
+  c.compare.variants = ml_collections.ConfigDict(
+    {
       "gpt2": CONFIGS._variant("gpt2", "tiny gpt2", model=tiny),
       "modern": CONFIGS._variant("modern", "tiny modern", model=tiny),
       "hybrid": CONFIGS._variant("hybrid", "tiny recurrent", model={**tiny, "layer_pattern": "rwkv"}),
-  })
+    }
+  )
   corpus, books = _write_texts(tmp_path / "data")
-  c.compare.update(dict(families="gpt2,modern,hybrid", scales="tiny", seeds="0", tokenizer="bytes", vocab_size=257,
-                        budget=budget))
+  c.compare.update(
+    dict(families="gpt2,modern,hybrid", scales="tiny", seeds="0", tokenizer="bytes", vocab_size=257, budget=budget)
+  )
   c.data.update(dict(source=corpus, seq_len=32, val_tokens=512, cache_dir=str(tmp_path / "cache")))
   c.mesh.data = 1
-  c.train.update(dict(steps=60, batch_size=2, warmup_steps=2, eval_every=60, eval_batches=1, checkpoint_every=60,
-                      log_every=10, async_checkpoint=False))
+  c.train.update(
+    dict(
+      steps=60,
+      batch_size=2,
+      warmup_steps=2,
+      eval_every=60,
+      eval_batches=1,
+      checkpoint_every=60,
+      log_every=10,
+      async_checkpoint=False,
+    )
+  )
   c.compare.probes.update(dict(num_per_tier=2, distances="1", long_context=64, batch_size=8))
   c.compare.inference.enabled = False
   c.compare.smoke.enabled = False
   c.compare.long_context.update(dict(source=books, extrapolate_max=2048))
-  c.compare.dialogue.update(dict(source=f"dailydialog:{tmp_path / 'data' / 'dd.jsonl'}", num_dialogues=4,
-                                 max_new_tokens=8))
+  c.compare.dialogue.update(
+    dict(source=f"dailydialog:{tmp_path / 'data' / 'dd.jsonl'}", num_dialogues=4, max_new_tokens=8)
+  )
   return c
 
 
@@ -102,7 +118,10 @@ def test_test_sized_comparison_runs_the_rest_of_the_protocol(tmp_path):
   steps = {f: r["budget"]["steps"] for f, r in runs.items()}
   assert len(set(steps.values())) > 1 and steps["gpt2"] == 60
   for r in runs.values():
-    assert r["budget"]["kind"] == "flops" and abs(r["final"]["train_flops"] / runs["gpt2"]["final"]["train_flops"] - 1) < 0.01
+    assert (
+      r["budget"]["kind"] == "flops"
+      and abs(r["final"]["train_flops"] / runs["gpt2"]["final"]["train_flops"] - 1) < 0.01
+    )
     assert r["curves"]["val_tokens"][-1] == r["budget"]["tokens"]
   assert results["protocol"]["budget"] == "flops"
 
@@ -127,8 +146,13 @@ def test_test_sized_comparison_runs_the_rest_of_the_protocol(tmp_path):
     assert d["dialogues"] == 4 and d["ppl"] > 1 and 0 <= d["bleu"] <= 100 and d["bpb"] > 0
 
   report = (workdir / "report.md").read_text()
-  for heading in ("## Training budgets", "## Statefulness score (chance-corrected)", "## Long context",
-                  "## Conversational ability", "## Reverse test"):
+  for heading in (
+    "## Training budgets",
+    "## Statefulness score (chance-corrected)",
+    "## Long context",
+    "## Conversational ability",
+    "## Reverse test",
+  ):
     assert heading in report, heading
   assert "rolling window of 256 tokens incl. 4 attention sinks" in report and "recurrent state (native)" in report
   assert (workdir / "long_context.png").stat().st_size > 1000

@@ -19,8 +19,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_cache_folder_is_per_host_local_and_can_be_off(monkeypatch, tmp_path):
   monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-  assert compile_cache.resolve_dir("auto") == str(tmp_path / "modernlm_jax" / "jax_compilation_cache" /
-                                                  socket.gethostname())
+  assert compile_cache.resolve_dir("auto") == str(
+    tmp_path / "modernlm_jax" / "jax_compilation_cache" / socket.gethostname()
+  )
   assert compile_cache.resolve_dir("") is None
   assert compile_cache.resolve_dir("~/cc") == os.path.expanduser("~/cc")
   with pytest.raises(ValueError, match="must be a local folder"):
@@ -43,7 +44,7 @@ def _start(cache: str, env: dict) -> dict:
   res = subprocess.run([sys.executable, "-c", _CHILD, cache], capture_output=True, text=True, timeout=120, env=env)
   assert res.returncode == 0, res.stderr[-3000:]
   (line,) = [s for s in res.stdout.splitlines() if s.startswith("STATS ")]
-  return json.loads(line[len("STATS "):])
+  return json.loads(line[len("STATS ") :])
 
 
 @pytest.mark.slow

@@ -9,8 +9,11 @@ import pytest
 tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
 REPO = Path(__file__).resolve().parents[1]
-M_FORMS = {"modernlm-train": "modernlm_jax/main.py", "modernlm-eval": "modernlm_jax/lm_eval/__main__.py",
-           "modernlm-generate": "modernlm_jax/generate_cli.py"}
+M_FORMS = {
+  "modernlm-train": "modernlm_jax/main.py",
+  "modernlm-eval": "modernlm_jax/lm_eval/__main__.py",
+  "modernlm-generate": "modernlm_jax/generate_cli.py",
+}
 
 
 def _main_guard_calls(path: Path) -> set[str]:

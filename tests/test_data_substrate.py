@@ -33,9 +33,14 @@ def test_state_round_trips_and_a_changed_fingerprint_is_refused():
     c.set_state(a.get_state())
 
 
-@pytest.mark.parametrize("args,expected", [((5, 0, 2), "not divisible by process_count=2"),
-                                           ((4, 2, 2), r"process_index 2 must be in \[0, 2\)"),
-                                           ((0, 0, 1), "must be positive")])
+@pytest.mark.parametrize(
+  "args,expected",
+  [
+    ((5, 0, 2), "not divisible by process_count=2"),
+    ((4, 2, 2), r"process_index 2 must be in \[0, 2\)"),
+    ((0, 0, 1), "must be positive"),
+  ],
+)
 def test_bad_batching_is_named(args, expected):
   with pytest.raises(ValueError, match=expected):
     check_batching(*args)

@@ -69,10 +69,16 @@ def logps_case():
   """(model_cfg, params, batch, expected per-row sums) with the expectation from full logits."""
   model_cfg = ModelConfig.from_dict(byte_config().model)
   params = init_params(model_cfg, 0)
-  batch = {k[len("chosen_"):]: v for k, v in batch_from_examples(random_pairs(3), "dpo", 40, 256).items()
-           if k.startswith("chosen_")}
-  logits = jax.jit(lambda p, b: LanguageModel(model_cfg).apply(
-      {"params": p}, b["inputs"], positions=b["positions"], segment_ids=b["segment_ids"]))(params, batch)
+  batch = {
+    k[len("chosen_") :]: v
+    for k, v in batch_from_examples(random_pairs(3), "dpo", 40, 256).items()
+    if k.startswith("chosen_")
+  }
+  logits = jax.jit(
+    lambda p, b: LanguageModel(model_cfg).apply(
+      {"params": p}, b["inputs"], positions=b["positions"], segment_ids=b["segment_ids"]
+    )
+  )(params, batch)
   logp_all = np.asarray(jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1))
   expected = np.zeros(3)
   for r in range(3):
@@ -83,7 +89,6 @@ def logps_case():
 
 @pytest.mark.slow
 class ResponseLogpsTest(chex.TestCase):
-
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.parameters(0, 8)
   def test_equal_sum_over_masked_positions(self, chunk):
@@ -149,8 +154,10 @@ def test_validation_reports_perplexity_only_for_token_losses():
   from modernlm_jax.train.dpo import DPOObjective
   from modernlm_jax.train.loop import evaluate
 
-  fake_step = lambda params, batch, ref: ({"loss": jnp.float32(2.0 * batch), "accuracy": jnp.float32(batch)},
-                                          jnp.float32(batch))
+  fake_step = lambda params, batch, ref: (
+    {"loss": jnp.float32(2.0 * batch), "accuracy": jnp.float32(batch)},
+    jnp.float32(batch),
+  )
   token = evaluate(fake_step, None, [1.0, 3.0])
   assert token["val_loss"] == pytest.approx(2.0) and token["val_ppl"] == pytest.approx(np.exp(2.0))
   pairs = evaluate(fake_step, None, [1.0, 3.0], reports_perplexity=DPOObjective.reports_perplexity)

@@ -142,12 +142,13 @@ def test_full_suite_path_with_a_gpt2_vocabulary_params_dir(tmp_path, monkeypatch
   # The real protocol uses batch 32 of 1024 tokens (6.6 GB of logits at this vocabulary); a small batch and
   # a small probe set keep this test to the code path. The protocol's sequence length is kept.
   spec = suite.SUITES["full"]
-  small = dataclasses.replace(spec, corpora=(dataclasses.replace(spec.corpora[0], batch_size=2),),
-                              probes_per_tier=1)
+  small = dataclasses.replace(spec, corpora=(dataclasses.replace(spec.corpora[0], batch_size=2),), probes_per_tier=1)
   monkeypatch.setitem(suite.SUITES, "full", small)
   monkeypatch.setattr(suite, "_builtin_validation_text", lambda: {})
-  out = evaluate.run(eval_cfg("full", checkpoint=str(tmp_path / "gpt2-like"), batch_size=2,
-                              data_root=str(tmp_path / "data")), tmp_path / "eval")
+  out = evaluate.run(
+    eval_cfg("full", checkpoint=str(tmp_path / "gpt2-like"), batch_size=2, data_root=str(tmp_path / "data")),
+    tmp_path / "eval",
+  )
   res = out["checkpoints"][str(tmp_path / "gpt2-like")]
   assert res["tokenizer"] == GPT2Tokenizer().identity and res["context"] == 1024
   wt = res["perplexity"]["wikitext2:test"]

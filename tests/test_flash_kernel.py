@@ -17,11 +17,11 @@ B, T, H, D = 2, 40, 2, 16  # T not a multiple of the 16-wide test block: exercis
 SEG = np.array([[0] * 15 + [1] * 20 + [2] * 5, [0] * T])
 POS = np.array([list(range(15)) + list(range(20)) + list(range(5)), list(range(T))])  # positions restart per document
 OPTIONS = {
-    "causal": {},
-    "segments": dict(segments=True),
-    "alibi": dict(alibi=True),
-    "sinks": dict(sinks=True),
-    "all": dict(segments=True, alibi=True, sinks=True),
+  "causal": {},
+  "segments": dict(segments=True),
+  "alibi": dict(alibi=True),
+  "sinks": dict(sinks=True),
+  "all": dict(segments=True, alibi=True, sinks=True),
 }
 
 
@@ -44,9 +44,17 @@ def _pair(segments=False, alibi=False, sinks=False):
     return reference_attention(q, k, v, mask, bias, sink if sinks else None)
 
   def fl(q, k, v, sink):
-    return flash_attention(q, k, v, segment_ids_BT=seg, positions_BT=pos,
-                           alibi_slopes_H=pos_lib.alibi_slopes(H) if alibi else None,
-                           sink_H=sink if sinks else None, block=16, interpret=True)
+    return flash_attention(
+      q,
+      k,
+      v,
+      segment_ids_BT=seg,
+      positions_BT=pos,
+      alibi_slopes_H=pos_lib.alibi_slopes(H) if alibi else None,
+      sink_H=sink if sinks else None,
+      block=16,
+      interpret=True,
+    )
 
   return ref, fl
 
@@ -60,14 +68,19 @@ def test_flash_forward_and_gradients_match_reference(option, dtype, atol):
   out_ref, out = ref(q, k, v, sink), fl(q, k, v, sink)
   assert out.dtype == q.dtype and out.shape == (B, T, H, D)
   chex.assert_trees_all_close(out.astype(jnp.float32), out_ref.astype(jnp.float32), atol=atol, rtol=atol)
-  loss = lambda f: (lambda *a: jnp.sum(f(*a).astype(jnp.float32) * w))
+  loss = lambda f: lambda *a: jnp.sum(f(*a).astype(jnp.float32) * w)
   g_ref = jax.grad(loss(ref), argnums=(0, 1, 2, 3))(q, k, v, sink)
   g = jax.grad(loss(fl), argnums=(0, 1, 2, 3))(q, k, v, sink)
   names = ("dq", "dk", "dv", "dsink")
   for name, a, b in zip(names, g, g_ref):
     scale = max(1.0, float(jnp.max(jnp.abs(b.astype(jnp.float32)))))
-    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), atol=atol * scale, rtol=atol,
-                               err_msg=f"{name} ({option}, {jnp.dtype(dtype).name})")
+    np.testing.assert_allclose(
+      np.asarray(a, np.float32),
+      np.asarray(b, np.float32),
+      atol=atol * scale,
+      rtol=atol,
+      err_msg=f"{name} ({option}, {jnp.dtype(dtype).name})",
+    )
   if not OPTIONS[option].get("sinks"):
     assert float(jnp.max(jnp.abs(g[3]))) == 0.0  # no sink in the function: no sink gradient
 
@@ -93,8 +106,11 @@ def test_flash_rejects_mismatched_shapes():
 MODEL = dict(vocab_size=61, max_len=48, n_layers=2, d_model=32, n_heads=2, d_ff=64, norm="rmsnorm", mlp="swiglu")
 
 
-@pytest.mark.parametrize("options", [dict(positions="rope+alibi", attn_sinks=True), dict(positions="learned")],
-                         ids=["rope+alibi+sinks", "gpt2-like"])
+@pytest.mark.parametrize(
+  "options",
+  [dict(positions="rope+alibi", attn_sinks=True), dict(positions="learned")],
+  ids=["rope+alibi+sinks", "gpt2-like"],
+)
 @pytest.mark.slow
 def test_model_flash_path_matches_reference_with_segments(options):
   """attention_impl=flash (interpreted on CPU) through the whole model: logits and parameter gradients."""
@@ -115,13 +131,25 @@ def test_model_flash_path_matches_reference_with_segments(options):
   chex.assert_trees_all_close(g_fl, g_ref, atol=1e-5, rtol=1e-4)
 
 
-GPU_CFG = ModelConfig(vocab_size=64, max_len=1024, n_layers=2, d_model=256, n_heads=4, d_ff=512, positions="rope",
-                      norm="rmsnorm", mlp="swiglu", use_bias=False, dtype="bfloat16")  # head_dim 64
+GPU_CFG = ModelConfig(
+  vocab_size=64,
+  max_len=1024,
+  n_layers=2,
+  d_model=256,
+  n_heads=4,
+  d_ff=512,
+  positions="rope",
+  norm="rmsnorm",
+  mlp="swiglu",
+  use_bias=False,
+  dtype="bfloat16",
+)  # head_dim 64
 
 
 def test_selector_picks_flash_on_gpu_where_cudnn_cannot():
-  sel = lambda cfg, **kw: select_attention_impl(cfg, **{"backend": "gpu", "has_segments": False, "decoding": False,
-                                                        "seq_len": 1024, **kw})
+  sel = lambda cfg, **kw: select_attention_impl(
+    cfg, **{"backend": "gpu", "has_segments": False, "decoding": False, "seq_len": 1024, **kw}
+  )
   assert sel(GPU_CFG) == ("cudnn", "auto: GPU with supported options")  # plain causal bf16 keeps cuDNN
   kernel, reason = sel(GPU_CFG, has_segments=True)
   assert kernel == "flash" and "packed-document" in reason
@@ -142,13 +170,16 @@ def test_selector_picks_flash_on_gpu_where_cudnn_cannot():
 
 
 def test_selector_cpu_and_tpu():
-  cpu = lambda cfg, **kw: select_attention_impl(cfg, **{"backend": "cpu", "has_segments": True, "decoding": False, **kw})
+  cpu = lambda cfg, **kw: select_attention_impl(
+    cfg, **{"backend": "cpu", "has_segments": True, "decoding": False, **kw}
+  )
   assert cpu(GPU_CFG)[0] == "xla"  # auto never interprets a Pallas kernel
   kernel, reason = cpu(GPU_CFG.replace(attention_impl="flash"))
   assert kernel == "flash" and "interpreter" in reason
   assert cpu(GPU_CFG.replace(attn_sinks=True))[0] == "reference"
-  tpu = lambda cfg, **kw: select_attention_impl(cfg, **{"backend": "tpu", "has_segments": True, "decoding": False,
-                                                        "seq_len": 1024, **kw})
+  tpu = lambda cfg, **kw: select_attention_impl(
+    cfg, **{"backend": "tpu", "has_segments": True, "decoding": False, "seq_len": 1024, **kw}
+  )
   if tpu_attention.splash_available()[0]:
     assert tpu(GPU_CFG.replace(attn_sinks=True))[0] == "splash"  # sinks are native to splash
   kernel, reason = tpu(GPU_CFG.replace(positions="alibi"))
@@ -165,8 +196,9 @@ def test_splash_with_sinks_matches_reference_in_interpret_mode():
   sink = jnp.asarray([0.5, -1.0])
   mask = jnp.tril(jnp.ones((Ts, Ts), bool))[None] & (seg[:, :, None] == seg[:, None, :])
   ref, ref_vjp = jax.vjp(lambda q, k, v, s: reference_attention(q, k, v, mask, None, s), q, k, v, sink)
-  out, out_vjp = jax.vjp(lambda q, k, v, s: tpu_attention.splash_attention(q, k, v, seg, sink_H=s, interpret=True),
-                         q, k, v, sink)
+  out, out_vjp = jax.vjp(
+    lambda q, k, v, s: tpu_attention.splash_attention(q, k, v, seg, sink_H=s, interpret=True), q, k, v, sink
+  )
   chex.assert_trees_all_close(out, ref, atol=1e-5)
   cot = jnp.cos(ref)
   chex.assert_trees_all_close(out_vjp(cot), ref_vjp(cot), atol=1e-4)

@@ -29,7 +29,6 @@ def _plain(h, w, t, m, z_coef):
 
 @pytest.mark.slow
 class FusedCrossEntropyTest(chex.TestCase, parameterized.TestCase):
-
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.parameters((0, 0.0), (8, 0.0), (36, 1e-2), (64, 1e-2))  # one chunk, 5 chunks (+pad), 2, 1
   def test_value_and_gradients_match_plain_formula(self, chunk, z_coef):

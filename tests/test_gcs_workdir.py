@@ -36,11 +36,20 @@ def gcs(tmp_path_factory):
 
 
 def _child_env(extra: dict[str, str], home: Path) -> dict[str, str]:
-  env = {k: v for k, v in os.environ.items() if not k.startswith(("STORAGE_EMULATOR", "TENSORSTORE_GCS",
-                                                                    "GOOGLE_APPLICATION", "JAX_COORDINATOR"))}
-  env.update(PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"),
-             CLOUDSDK_CONFIG=str(home / "gcloud"), MODERNLM_CACHE=str(home / "token_cache"),
-             XLA_FLAGS="--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0")
+  env = {
+    k: v
+    for k, v in os.environ.items()
+    if not k.startswith(("STORAGE_EMULATOR", "TENSORSTORE_GCS", "GOOGLE_APPLICATION", "JAX_COORDINATOR"))
+  }
+  env.update(
+    PYTHONPATH=str(REPO),
+    JAX_PLATFORMS="cpu",
+    HOME=str(home),
+    XDG_CACHE_HOME=str(home / ".cache"),
+    CLOUDSDK_CONFIG=str(home / "gcloud"),
+    MODERNLM_CACHE=str(home / "token_cache"),
+    XLA_FLAGS="--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0",
+  )
   env.update(extra)
   return env
 
@@ -103,9 +112,20 @@ def test_gs_workdir_without_credentials_fails_fast_and_writes_nothing(tmp_path):
   cwd.mkdir()
   home.mkdir()
   t0 = time.monotonic()
-  res = subprocess.run([sys.executable, "-m", "modernlm_jax.main", f"--config={REPO / 'configs' / 'pretrain.py'}",
-                        "--workdir=gs://nobucket/x"], cwd=cwd, env=_child_env({"NO_GCE_CHECK": "True"}, home),
-                       capture_output=True, text=True, timeout=120)
+  res = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "modernlm_jax.main",
+      f"--config={REPO / 'configs' / 'pretrain.py'}",
+      "--workdir=gs://nobucket/x",
+    ],
+    cwd=cwd,
+    env=_child_env({"NO_GCE_CHECK": "True"}, home),
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   elapsed = time.monotonic() - t0
   assert res.returncode != 0
   assert "gs://nobucket" in res.stderr and "gcloud auth application-default login" in res.stderr, res.stderr[-2000:]
@@ -115,10 +135,22 @@ def test_gs_workdir_without_credentials_fails_fast_and_writes_nothing(tmp_path):
 
 
 def _pretrain(workdir: str, tmp_path: Path, name: str, extra: dict[str, str]) -> str:
-  args = [sys.executable, "-m", "modernlm_jax.main", f"--config={REPO / 'configs' / 'pretrain.py'}",
-          f"--workdir={workdir}", "--config.train.steps=4", "--config.train.batch_size=4", "--config.data.seq_len=32",
-          "--config.train.checkpoint_every=2", "--config.train.eval_every=4", "--config.train.eval_batches=1",
-          "--config.train.log_every=1", "--config.sample.max_new_tokens=2", "--config.train.compilation_cache_dir="]
+  args = [
+    sys.executable,
+    "-m",
+    "modernlm_jax.main",
+    f"--config={REPO / 'configs' / 'pretrain.py'}",
+    f"--workdir={workdir}",
+    "--config.train.steps=4",
+    "--config.train.batch_size=4",
+    "--config.data.seq_len=32",
+    "--config.train.checkpoint_every=2",
+    "--config.train.eval_every=4",
+    "--config.train.eval_batches=1",
+    "--config.train.log_every=1",
+    "--config.sample.max_new_tokens=2",
+    "--config.train.compilation_cache_dir=",
+  ]
   home = tmp_path / "home"
   home.mkdir(exist_ok=True)
   res = subprocess.run(args, cwd=tmp_path, env=_child_env(extra, home), capture_output=True, text=True, timeout=600)
@@ -172,17 +204,29 @@ def test_pretrain_on_gs_resumes_bit_identically_and_feeds_eval_and_sft(gcs, tmp_
 
   from modernlm_jax.jobs.posttrain import init_from_tokenizer
 
-  config = ml_collections.ConfigDict(dict(init_from=workdir, tokenizer=dict(kind="sentencepiece", path=""),
-                                          model=dict(vocab_size=model.cfg.vocab_size)))
+  config = ml_collections.ConfigDict(
+    dict(init_from=workdir, tokenizer=dict(kind="sentencepiece", path=""), model=dict(vocab_size=model.cfg.vocab_size))
+  )
   tok = init_from_tokenizer(config, f"gs://{BUCKET}/sft", meta, workdir)
   assert tok.identity == meta["tokenizer_identity"]
   assert paths.path(f"gs://{BUCKET}/sft/tokenizer/sentencepiece.model").exists()
 
-  res = subprocess.run([sys.executable, "-m", "modernlm_jax.main", f"--config={REPO / 'configs' / 'eval.py'}",
-                        f"--config.checkpoint={workdir}", f"--workdir=gs://{BUCKET}/eval",
-                        f"--config.data_root={tmp_path / 'no_data'}"],
-                       cwd=tmp_path, env=_child_env(gcs.env, tmp_path / "home"), capture_output=True, text=True,
-                       timeout=600)
+  res = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "modernlm_jax.main",
+      f"--config={REPO / 'configs' / 'eval.py'}",
+      f"--config.checkpoint={workdir}",
+      f"--workdir=gs://{BUCKET}/eval",
+      f"--config.data_root={tmp_path / 'no_data'}",
+    ],
+    cwd=tmp_path,
+    env=_child_env(gcs.env, tmp_path / "home"),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
   out = json.loads(paths.path(f"gs://{BUCKET}/eval/eval.json").read_text())
   assert workdir in out["checkpoints"]

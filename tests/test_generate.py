@@ -12,15 +12,12 @@ from modernlm_jax.model import LanguageModel, ModelConfig
 
 TINY = dict(vocab_size=64, max_len=32, n_layers=2, d_model=32, n_heads=4, d_ff=64, init_std=0.1)
 FAMILIES = {
-    "gpt2": dict(family="gpt2"),
-    "modern": dict(family="modern", positions="rope", norm="rmsnorm", mlp="swiglu", use_bias=False,
-                   tie_embeddings=False),
+  "gpt2": dict(family="gpt2"),
+  "modern": dict(family="modern", positions="rope", norm="rmsnorm", mlp="swiglu", use_bias=False, tie_embeddings=False),
 }
 PROMPTS = [[5, 9, 17, 3, 22, 41, 8], [33, 2, 60]]  # different lengths: the short one is left-padded
 NEW = 10
 CHUNK = 4  # prefill in several chunks: the 7-token prompt spans two, behind one padding slot
-
-
 
 
 def make(family):
@@ -36,12 +33,12 @@ def reference_greedy(apply, cfg, params, prompt, n):
   seq, margins = list(prompt), []
   for _ in range(n):
     padded = np.zeros((1, cfg.max_len), np.int32)
-    padded[0, :len(seq)] = seq
+    padded[0, : len(seq)] = seq
     logits = np.asarray(apply({"params": params}, jnp.asarray(padded))[0, len(seq) - 1])
     top2 = np.sort(logits)[-2:]
     margins.append(top2[1] - top2[0])
     seq.append(int(np.argmax(logits)))
-  return seq[len(prompt):], min(margins)
+  return seq[len(prompt) :], min(margins)
 
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
@@ -87,7 +84,7 @@ def test_stop_token_truncates_each_row(model):
   stop = refs[0][3]
   out = gen.generate(params, cfg, PROMPTS, max_new_tokens=NEW, stop_ids=[stop], prefill_chunk=CHUNK)
   for row, ref in zip(out, refs):
-    expected = ref[:ref.index(stop) + 1] if stop in ref else ref
+    expected = ref[: ref.index(stop) + 1] if stop in ref else ref
     assert row == expected
   assert len(out[0]) == refs[0].index(stop) + 1 <= 4
 
@@ -114,7 +111,6 @@ def test_empty_prompt_is_rejected_with_fix():
 
 
 class TestSampleLogits(chex.TestCase):
-
   @chex.variants(with_jit=True, without_jit=True)
   def test_top_k_and_top_p_keep_only_the_head(self):
     logits_BV = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]] * 256))

@@ -17,8 +17,20 @@ from modernlm_jax.model import ModelConfig, init_params
 
 REPO = Path(__file__).resolve().parents[1]
 # GPT-2's vocabulary, so a params directory needs no tokenizer file.
-CFG = ModelConfig(family="modern", vocab_size=50257, max_len=32, n_layers=1, d_model=16, n_heads=2, d_ff=32,
-                  positions="rope", norm="rmsnorm", mlp="swiglu", use_bias=False, tie_embeddings=True)
+CFG = ModelConfig(
+  family="modern",
+  vocab_size=50257,
+  max_len=32,
+  n_layers=1,
+  d_model=16,
+  n_heads=2,
+  d_ff=32,
+  positions="rope",
+  norm="rmsnorm",
+  mlp="swiglu",
+  use_bias=False,
+  tie_embeddings=True,
+)
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +45,24 @@ def ckpt(tmp_path_factory):
 def test_greedy_prompts_from_flags_and_file_equal_generate(ckpt, tmp_path, capsys):
   d, params = ckpt
   (tmp_path / "p.txt").write_text("A third one\n\nline\\nbreak\n")
-  argv = ["--checkpoint", str(d), "--prompt", "Once upon a time", "--prompt", "The", "--prompts_file",
-          str(tmp_path / "p.txt"), "--temperature", "0", "--max_new_tokens", "6", "--batch_size", "2", "--jsonl",
-          "--no_stop"]
+  argv = [
+    "--checkpoint",
+    str(d),
+    "--prompt",
+    "Once upon a time",
+    "--prompt",
+    "The",
+    "--prompts_file",
+    str(tmp_path / "p.txt"),
+    "--temperature",
+    "0",
+    "--max_new_tokens",
+    "6",
+    "--batch_size",
+    "2",
+    "--jsonl",
+    "--no_stop",
+  ]
   assert main(argv) == 0
   rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
   assert [r["prompt"] for r in rows] == ["Once upon a time", "The", "A third one", "line\nbreak"]
@@ -55,8 +82,13 @@ def test_stream_sinks_generate_past_the_cache_and_sampling_is_seeded(ckpt, capsy
   assert "--stream_sinks" in capsys.readouterr().err
   outs = []
   for seed in ("1", "1", "2"):
-    assert main(base[:4] + ["--max_new_tokens", "8", "--jsonl", "--no_stop", "--seed", seed, "--temperature", "1.5",
-                            "--top_k", "0"]) == 0
+    assert (
+      main(
+        base[:4]
+        + ["--max_new_tokens", "8", "--jsonl", "--no_stop", "--seed", seed, "--temperature", "1.5", "--top_k", "0"]
+      )
+      == 0
+    )
     outs.append(json.loads(capsys.readouterr().out)["completion"])
   assert outs[0] == outs[1] != outs[2]
 
@@ -74,9 +106,22 @@ def test_bad_inputs_are_clear_errors(ckpt, tmp_path, capsys):
 @pytest.mark.slow
 def test_module_and_console_forms(ckpt):
   d, _ = ckpt
-  cmd = [sys.executable, "-m", "modernlm_jax.generate", "--checkpoint", str(d), "--prompt", "Hi", "--temperature", "0",
-         "--max_new_tokens", "3", "--no_stop"]
-  res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO, env={**os.environ,
-                                                                                           "JAX_PLATFORMS": "cpu"})
+  cmd = [
+    sys.executable,
+    "-m",
+    "modernlm_jax.generate",
+    "--checkpoint",
+    str(d),
+    "--prompt",
+    "Hi",
+    "--temperature",
+    "0",
+    "--max_new_tokens",
+    "3",
+    "--no_stop",
+  ]
+  res = subprocess.run(
+    cmd, capture_output=True, text=True, timeout=300, cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"}
+  )
   assert res.returncode == 0, res.stderr[-2000:]
   assert res.stdout.startswith("Hi")

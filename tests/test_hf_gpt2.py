@@ -72,7 +72,6 @@ def saved_dir(hf_model, tmp_path_factory):
 
 @pytest.mark.slow
 class TestImport:
-
   # Eager (no-jit) runs dispatch op by op and are slow on 2 cores, so one kernel covers that variant.
   @pytest.mark.slow
   @pytest.mark.parametrize("impl,jitted", [("reference", True), ("xla", True), ("reference", False)])
@@ -127,7 +126,7 @@ class TestImport:
     state = {k: v.numpy() for k, v in hf_model.state_dict().items() if k != "lm_head.weight"}
     names = sorted(state)
     weight_map = {}
-    for shard, part in enumerate((names[: len(names) // 2], names[len(names) // 2:])):
+    for shard, part in enumerate((names[: len(names) // 2], names[len(names) // 2 :])):
       file = f"model-0000{shard + 1}-of-00002.safetensors"
       save_file({k: state[k] for k in part}, str(tmp_path / file), metadata={"format": "pt"})
       weight_map.update({k: file for k in part})
@@ -138,7 +137,6 @@ class TestImport:
 
 
 class TestExport:
-
   def test_roundtrip_through_transformers(self, saved_dir, hf_model, tmp_path):
     params, cfg = hf_gpt2.import_hf_gpt2(saved_dir, attention_impl="xla")
     # Perturb so the exported model differs from the imported one: the check is on our weights, not a copied file.
@@ -152,8 +150,17 @@ class TestExport:
     assert np.abs(ours - hf_logits(hf_model, tokens)).max() > 1e-2
 
   def test_export_our_init_untied(self, tmp_path):
-    cfg = ModelConfig(family="gpt2", vocab_size=61, max_len=16, n_layers=2, d_model=32, n_heads=2, d_ff=80,
-                      tie_embeddings=False, attention_impl="reference")
+    cfg = ModelConfig(
+      family="gpt2",
+      vocab_size=61,
+      max_len=16,
+      n_layers=2,
+      d_model=32,
+      n_heads=2,
+      d_ff=80,
+      tie_embeddings=False,
+      attention_impl="reference",
+    )
     # Random values on our own tree (shapes only from the model; a real init compiles far longer than this test).
     rng = np.random.default_rng(4)
     shapes = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
@@ -173,7 +180,6 @@ class TestExport:
 
 
 class TestErrors:
-
   def test_missing_directory_and_files(self, tmp_path):
     with pytest.raises(hf_gpt2.CheckpointError, match="not a directory"):
       hf_gpt2.import_hf_gpt2(tmp_path / "nope")
@@ -212,8 +218,18 @@ class TestErrors:
       hf_gpt2.hf_state_to_params({**state, "score.weight": np.zeros((2, 32))}, cfg)
 
   def test_export_rejects_modern_family(self, tmp_path):
-    cfg = ModelConfig(vocab_size=61, max_len=16, n_layers=1, d_model=32, n_heads=2, d_ff=64, positions="rope",
-                      norm="rmsnorm", mlp="swiglu", use_bias=False)
+    cfg = ModelConfig(
+      vocab_size=61,
+      max_len=16,
+      n_layers=1,
+      d_model=32,
+      n_heads=2,
+      d_ff=64,
+      positions="rope",
+      norm="rmsnorm",
+      mlp="swiglu",
+      use_bias=False,
+    )
     with pytest.raises(hf_gpt2.CheckpointError, match="positions='rope'.*norm='rmsnorm'.*Only the gpt2 family"):
       hf_gpt2.export_hf_gpt2({}, cfg, tmp_path)  # the config check comes before any parameter is read
 
@@ -225,7 +241,6 @@ class TestErrors:
 
 @pytest.mark.slow
 class TestCommand:
-
   def test_import_then_export_via_cli(self, saved_dir, hf_model, tmp_path, capsys):
     assert cli_main(["import", "--hf-dir", str(saved_dir), "--out", str(tmp_path / "ours")]) == 0
     assert "wrote" in capsys.readouterr().out
@@ -239,8 +254,10 @@ class TestCommand:
   def test_safetensors_import_runs_without_torch(self, saved_dir, tmp_path):
     # A fresh process where `import torch` fails: the safetensors path must never reach for it.
     out = tmp_path / "no_torch"
-    code = ("import sys; sys.modules['torch'] = None; from modernlm_jax.interop.__main__ import main; "
-            f"sys.exit(main(['import', '--hf-dir', {str(saved_dir)!r}, '--out', {str(out)!r}]))")
+    code = (
+      "import sys; sys.modules['torch'] = None; from modernlm_jax.interop.__main__ import main; "
+      f"sys.exit(main(['import', '--hf-dir', {str(saved_dir)!r}, '--out', {str(out)!r}]))"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "architecture matches no built-in preset" in res.stdout and (out / "params.msgpack").is_file()
@@ -253,8 +270,9 @@ class TestCommand:
 
   def test_export_with_wrong_preset_fails_cleanly(self, saved_dir, tmp_path, capsys):
     hf_gpt2.save_params(*hf_gpt2.import_hf_gpt2(saved_dir), tmp_path / "p.msgpack")
-    rc = cli_main(["export", "--params", str(tmp_path / "p.msgpack"), "--preset", "gpt2-tiny", "--out-dir",
-                   str(tmp_path / "hf")])
+    rc = cli_main(
+      ["export", "--params", str(tmp_path / "p.msgpack"), "--preset", "gpt2-tiny", "--out-dir", str(tmp_path / "hf")]
+    )
     assert rc == 1 and "does not match the model config" in capsys.readouterr().err
 
   def test_help_and_missing_arguments(self, capsys):
@@ -267,7 +285,8 @@ class TestCommand:
 
 
 def test_matching_preset_recognises_gpt2_small():
-  cfg = hf_gpt2.config_from_hf({"model_type": "gpt2", "n_layer": 12, "n_embd": 768, "n_head": 12,
-                                "n_positions": 1024, "vocab_size": 50257})
+  cfg = hf_gpt2.config_from_hf(
+    {"model_type": "gpt2", "n_layer": 12, "n_embd": 768, "n_head": 12, "n_positions": 1024, "vocab_size": 50257}
+  )
   assert hf_gpt2.matching_preset(cfg) == "gpt2-125m"
   assert hf_gpt2.matching_preset(cfg.replace(n_layers=11)) is None

@@ -50,14 +50,23 @@ def _resume(tmp_path, first_processes: int, second_processes: int) -> tuple[list
 def test_two_processes_resume_on_one_with_the_same_losses(uninterrupted, tmp_path):
   first, second = _resume(tmp_path, 2, 1)
   reference = uninterrupted()
-  np.testing.assert_allclose(first[0]["losses"] + second[0]["losses"], reference["losses"], rtol=1e-5,
-                             err_msg="2 processes -> 1 process diverges from the uninterrupted run")
+  np.testing.assert_allclose(
+    first[0]["losses"] + second[0]["losses"],
+    reference["losses"],
+    rtol=1e-5,
+    err_msg="2 processes -> 1 process diverges from the uninterrupted run",
+  )
   np.testing.assert_allclose(second[0]["val_loss"], reference["val_loss"], rtol=1e-5)
 
   # The same run with another global batch would see other data: refused before any step, naming the fix.
-  res = subprocess.run([sys.executable, str(WORKER), "--workdir", str(tmp_path / "run"), "--steps", str(STEPS + 2),
-                        "--batch-size", "4"], env=_child_env(2), cwd=REPO, capture_output=True, text=True,
-                       timeout=300)
+  res = subprocess.run(
+    [sys.executable, str(WORKER), "--workdir", str(tmp_path / "run"), "--steps", str(STEPS + 2), "--batch-size", "4"],
+    env=_child_env(2),
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert res.returncode != 0
   assert "--config.train.batch_size=8" in res.stderr and "global batch" in res.stderr, res.stderr[-3000:]
 
@@ -65,6 +74,10 @@ def test_two_processes_resume_on_one_with_the_same_losses(uninterrupted, tmp_pat
 def test_one_process_resumes_on_two_with_the_same_losses(uninterrupted, tmp_path):
   first, second = _resume(tmp_path, 1, 2)
   reference = uninterrupted()
-  np.testing.assert_allclose(first[0]["losses"] + second[0]["losses"], reference["losses"], rtol=1e-5,
-                             err_msg="1 process -> 2 processes diverges from the uninterrupted run")
+  np.testing.assert_allclose(
+    first[0]["losses"] + second[0]["losses"],
+    reference["losses"],
+    rtol=1e-5,
+    err_msg="1 process -> 2 processes diverges from the uninterrupted run",
+  )
   np.testing.assert_allclose(second[0]["val_loss"], reference["val_loss"], rtol=1e-5)

@@ -116,8 +116,9 @@ def reference_losses(tmp_path_factory, corpus, jax_cache) -> dict[int, str]:
   return losses
 
 
-def test_sigkill_at_random_step_resumes_from_last_commit_with_identical_losses(tmp_path, corpus, jax_cache,
-                                                                                reference_losses):
+def test_sigkill_at_random_step_resumes_from_last_commit_with_identical_losses(
+  tmp_path, corpus, jax_cache, reference_losses
+):
   kill_step = random.Random(SEED).randint(5, STEPS - 1)
   print(f"MODERNLM_KILL_SEED={SEED}: SIGKILL after step {kill_step}")
   workdir = tmp_path / "run"
@@ -138,8 +139,9 @@ def test_sigkill_at_random_step_resumes_from_last_commit_with_identical_losses(t
   assert logged_losses(workdir) == reference_losses  # steps run twice are logged twice; the last row wins
 
 
-def test_sigkill_during_async_save_never_loads_the_half_written_checkpoint(tmp_path, corpus, jax_cache,
-                                                                          reference_losses):
+def test_sigkill_during_async_save_never_loads_the_half_written_checkpoint(
+  tmp_path, corpus, jax_cache, reference_losses
+):
   blocked = random.Random(SEED + 1).choice([4, 6, 8])
   print(f"MODERNLM_KILL_SEED={SEED}: SIGKILL while the save of step {blocked} is being written")
   workdir = tmp_path / "run"

@@ -15,8 +15,14 @@ SOURCED = ["common.sh"]  # shared helpers: shellchecked, never run
 
 
 def launch(script, *args, env=None, cwd=None):
-  return subprocess.run(["bash", str(LAUNCH / script), *args], capture_output=True, text=True, timeout=60,
-                        env={**os.environ, **(env or {})}, cwd=cwd)
+  return subprocess.run(
+    ["bash", str(LAUNCH / script), *args],
+    capture_output=True,
+    text=True,
+    timeout=60,
+    env={**os.environ, **(env or {})},
+    cwd=cwd,
+  )
 
 
 def commands(out: str) -> list[str]:
@@ -54,7 +60,9 @@ def test_shellcheck(script):
   assert res.returncode == 0, res.stdout
 
 
-@pytest.mark.parametrize("script,args,missing", [
+@pytest.mark.parametrize(
+  "script,args,missing",
+  [
     ("tpu_pod.sh", ["--zone", "us-central2-b", "--workdir", "gs://b/r"], "--name"),
     ("tpu_pod.sh", ["--name", "n", "--workdir", "gs://b/r"], "--zone"),
     ("tpu_pod.sh", ["--name", "n", "--zone", "z"], "--workdir"),
@@ -63,7 +71,8 @@ def test_shellcheck(script):
     ("multi_host_gpu.sh", ["--mode", "slurm", "--nodes", "2"], "--workdir"),
     ("multi_host_gpu.sh", ["--mode", "slurm", "--workdir", "/w"], "--nodes"),
     ("multi_host_gpu.sh", ["--mode", "ssh", "--workdir", "/w"], "--hosts"),
-])
+  ],
+)
 def test_missing_required_argument_exits_with_usage(script, args, missing):
   res = launch(script, *args, "--dry-run")
   assert res.returncode == 2
@@ -71,25 +80,51 @@ def test_missing_required_argument_exits_with_usage(script, args, missing):
   assert not commands(res.stdout)  # nothing was printed as run, let alone run
 
 
-@pytest.mark.parametrize("script,args,message", [
+@pytest.mark.parametrize(
+  "script,args,message",
+  [
     ("tpu_pod.sh", ["--name", "n", "--zone", "z", "--workdir", "w", "--bogus"], "unknown argument '--bogus'"),
-    ("tpu_pod.sh", ["--name", "n", "--zone", "z", "--workdir", "w", "--steps", "create,launch"],
-     "unknown step 'launch'"),
+    (
+      "tpu_pod.sh",
+      ["--name", "n", "--zone", "z", "--workdir", "w", "--steps", "create,launch"],
+      "unknown step 'launch'",
+    ),
     ("gpu_workstation.sh", ["--workdir", "w", "--gpus", "first"], "--gpus takes comma-separated"),
     ("multi_host_gpu.sh", ["--mode", "mpi", "--workdir", "w"], "--mode must be slurm or ssh"),
-    ("multi_host_gpu.sh", ["--mode", "ssh", "--hosts", "a", "--nodes", "2", "--workdir", "w"],
-     "--nodes is for --mode slurm"),
-])
+    (
+      "multi_host_gpu.sh",
+      ["--mode", "ssh", "--hosts", "a", "--nodes", "2", "--workdir", "w"],
+      "--nodes is for --mode slurm",
+    ),
+  ],
+)
 def test_bad_arguments_are_rejected(script, args, message):
   res = launch(script, *args, "--dry-run")
   assert res.returncode == 2 and message in res.stderr
 
 
 def test_tpu_dry_run_prints_create_copy_install_run_on_all_workers(tmp_path):
-  res = launch("tpu_pod.sh", "--name", "lm-v4", "--zone", "us-central2-b", "--project", "proj",
-               "--accelerator", "v4-32", "--workdir", "gs://bucket/runs/m30", "--preset", "modern-30m",
-               "--steps", "create,copy,install,run,delete", "--dry-run", "--", "--config.train.steps=100",
-               env={"PATH": str(fake_bin(tmp_path, "gcloud", "exit 1")) + os.pathsep + os.environ["PATH"]})
+  res = launch(
+    "tpu_pod.sh",
+    "--name",
+    "lm-v4",
+    "--zone",
+    "us-central2-b",
+    "--project",
+    "proj",
+    "--accelerator",
+    "v4-32",
+    "--workdir",
+    "gs://bucket/runs/m30",
+    "--preset",
+    "modern-30m",
+    "--steps",
+    "create,copy,install,run,delete",
+    "--dry-run",
+    "--",
+    "--config.train.steps=100",
+    env={"PATH": str(fake_bin(tmp_path, "gcloud", "exit 1")) + os.pathsep + os.environ["PATH"]},
+  )
   assert res.returncode == 0, res.stderr
   assert not calls(tmp_path), "dry run must not call gcloud"
   cmds = commands(res.stdout)
@@ -102,15 +137,33 @@ def test_tpu_dry_run_prints_create_copy_install_run_on_all_workers(tmp_path):
     assert step.startswith("gcloud compute tpus tpu-vm ssh lm-v4 --zone=us-central2-b --project=proj --worker=all")
   assert "tar -xzf /tmp/modernlm_jax-lm-v4.tgz -C modernlm_jax" in untar
   assert "pip install -e '\\''.[tpu,gcs]'\\''" in install
-  assert ("python3 -m modernlm_jax.main --config=configs/pretrain.py:modern-30m --workdir=gs://bucket/runs/m30 "
-          "--config.train.steps=100") in train
+  assert (
+    "python3 -m modernlm_jax.main --config=configs/pretrain.py:modern-30m --workdir=gs://bucket/runs/m30 "
+    "--config.train.steps=100"
+  ) in train
   assert "set -o pipefail" in train
   assert delete.startswith("gcloud compute tpus tpu-vm delete lm-v4") and "--quiet" in delete
 
 
 def test_tpu_git_clone_and_local_workdir_warning():
-  res = launch("tpu_pod.sh", "--name", "n", "--zone", "z", "--accelerator", "v4-16", "--workdir", "runs/x",
-               "--repo", "https://example.com/modernlm_jax.git", "--branch", "main", "--steps", "copy", "--dry-run")
+  res = launch(
+    "tpu_pod.sh",
+    "--name",
+    "n",
+    "--zone",
+    "z",
+    "--accelerator",
+    "v4-16",
+    "--workdir",
+    "runs/x",
+    "--repo",
+    "https://example.com/modernlm_jax.git",
+    "--branch",
+    "main",
+    "--steps",
+    "copy",
+    "--dry-run",
+  )
   assert res.returncode == 0, res.stderr
   (clone,) = commands(res.stdout)
   assert "--worker=all" in clone and "git clone --depth=1 --branch=main https://example.com/modernlm_jax.git" in clone
@@ -119,8 +172,18 @@ def test_tpu_git_clone_and_local_workdir_warning():
 
 def test_tpu_real_run_calls_gcloud_in_order(tmp_path):
   bin_dir = fake_bin(tmp_path, "gcloud", "exit 0")
-  res = launch("tpu_pod.sh", "--name", "n", "--zone", "z", "--workdir", "gs://b/r", "--steps", "create,install,run",
-               env={"PATH": str(bin_dir) + os.pathsep + os.environ["PATH"]})
+  res = launch(
+    "tpu_pod.sh",
+    "--name",
+    "n",
+    "--zone",
+    "z",
+    "--workdir",
+    "gs://b/r",
+    "--steps",
+    "create,install,run",
+    env={"PATH": str(bin_dir) + os.pathsep + os.environ["PATH"]},
+  )
   assert res.returncode == 0, res.stderr
   got = calls(tmp_path)
   assert [c.split()[4] for c in got] == ["create", "ssh", "ssh"]
@@ -129,23 +192,48 @@ def test_tpu_real_run_calls_gcloud_in_order(tmp_path):
 
 def test_tpu_real_run_stops_at_first_failure(tmp_path):
   bin_dir = fake_bin(tmp_path, "gcloud", 'if [[ $4 == create ]]; then exit 3; fi')
-  res = launch("tpu_pod.sh", "--name", "n", "--zone", "z", "--workdir", "gs://b/r", "--steps", "create,install,run",
-               env={"PATH": str(bin_dir) + os.pathsep + os.environ["PATH"]})
+  res = launch(
+    "tpu_pod.sh",
+    "--name",
+    "n",
+    "--zone",
+    "z",
+    "--workdir",
+    "gs://b/r",
+    "--steps",
+    "create,install,run",
+    env={"PATH": str(bin_dir) + os.pathsep + os.environ["PATH"]},
+  )
   assert res.returncode == 3 and len(calls(tmp_path)) == 1
 
 
 def test_gpu_workstation_dry_run(tmp_path):
-  res = launch("gpu_workstation.sh", "--workdir", "runs/m30", "--preset", "modern-30m", "--gpus", "0,1",
-               "--venv", str(tmp_path / "venv"), "--mem-fraction", "0.9", "--dry-run", "--",
-               "--config.train.batch_size=32")
+  res = launch(
+    "gpu_workstation.sh",
+    "--workdir",
+    "runs/m30",
+    "--preset",
+    "modern-30m",
+    "--gpus",
+    "0,1",
+    "--venv",
+    str(tmp_path / "venv"),
+    "--mem-fraction",
+    "0.9",
+    "--dry-run",
+    "--",
+    "--config.train.batch_size=32",
+  )
   assert res.returncode == 0, res.stderr
   venv, pip_up, install, check, train = commands(res.stdout)
   assert venv == f"python3 -m venv {tmp_path}/venv"
   assert install.startswith(f"{tmp_path}/venv/bin/python -m pip install -e") and "[dev,gpu]" in install
   assert "jax.default_backend() == \"gpu\"" in check and "CUDA_VISIBLE_DEVICES=0,1" in check
-  assert train == (f"env CUDA_VISIBLE_DEVICES=0,1 XLA_PYTHON_CLIENT_MEM_FRACTION=0.9 {tmp_path}/venv/bin/python -m "
-                   "modernlm_jax.main --config=configs/pretrain.py:modern-30m --workdir=runs/m30 "
-                   "--config.train.batch_size=32")
+  assert train == (
+    f"env CUDA_VISIBLE_DEVICES=0,1 XLA_PYTHON_CLIENT_MEM_FRACTION=0.9 {tmp_path}/venv/bin/python -m "
+    "modernlm_jax.main --config=configs/pretrain.py:modern-30m --workdir=runs/m30 "
+    "--config.train.batch_size=32"
+  )
   assert not (tmp_path / "venv").exists()
 
 
@@ -159,16 +247,42 @@ def test_gpu_workstation_real_run_with_fake_python(tmp_path):
 
 
 def test_slurm_dry_run_prints_batch_script_with_jax_env_and_srun(tmp_path):
-  res = launch("multi_host_gpu.sh", "--mode", "slurm", "--nodes", "4", "--gpus-per-node", "8", "--partition", "gpu",
-               "--account", "lab", "--workdir", "/shared/runs/m253", "--preset", "modern-253m", "--dry-run", "--",
-               "--config.train.steps=10", cwd=tmp_path)
+  res = launch(
+    "multi_host_gpu.sh",
+    "--mode",
+    "slurm",
+    "--nodes",
+    "4",
+    "--gpus-per-node",
+    "8",
+    "--partition",
+    "gpu",
+    "--account",
+    "lab",
+    "--workdir",
+    "/shared/runs/m253",
+    "--preset",
+    "modern-253m",
+    "--dry-run",
+    "--",
+    "--config.train.steps=10",
+    cwd=tmp_path,
+  )
   assert res.returncode == 0, res.stderr
   out = res.stdout
-  for line in ("#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=8",
-               "#SBATCH --partition=gpu", "#SBATCH --account=lab", "export JAX_COORDINATOR_ADDRESS=",
-               "export JAX_NUM_PROCESSES=\"$SLURM_NTASKS\"", 'JAX_PROCESS_ID="$SLURM_PROCID"', "srun ",
-               "python3 -m modernlm_jax.main --config=configs/pretrain.py:modern-253m --workdir=/shared/runs/m253 "
-               "--config.train.steps=10"):
+  for line in (
+    "#SBATCH --nodes=4",
+    "#SBATCH --ntasks-per-node=1",
+    "#SBATCH --gpus-per-node=8",
+    "#SBATCH --partition=gpu",
+    "#SBATCH --account=lab",
+    "export JAX_COORDINATOR_ADDRESS=",
+    "export JAX_NUM_PROCESSES=\"$SLURM_NTASKS\"",
+    'JAX_PROCESS_ID="$SLURM_PROCID"',
+    "srun ",
+    "python3 -m modernlm_jax.main --config=configs/pretrain.py:modern-253m --workdir=/shared/runs/m253 "
+    "--config.train.steps=10",
+  ):
     assert line in out, line
   assert commands(out)[-1] == "sbatch logs/modernlm_jax.sbatch"
   assert any("pip install -e" in c and "[gpu]" in c for c in commands(out))
@@ -179,13 +293,33 @@ def test_slurm_batch_script_runs_one_process_per_node(tmp_path):
   # Fake SLURM: sbatch runs the script at once; srun starts the command once per task with SLURM_PROCID set.
   fake_bin(tmp_path, "scontrol", 'echo node-a; echo node-b')
   fake_bin(tmp_path, "sbatch", 'SLURM_JOB_NODELIST="node-[a-b]" SLURM_NTASKS=2 bash "$1"')
-  fake_bin(tmp_path, "srun", 'while [[ $1 == --* ]]; do shift; done\n'
-                             'for i in 0 1; do SLURM_PROCID=$i "$@" || exit 1; done')
-  bin_dir = fake_bin(tmp_path, "fakepy",
-                     f'echo "$JAX_COORDINATOR_ADDRESS $JAX_NUM_PROCESSES $JAX_PROCESS_ID $*" >> "{tmp_path}/procs.log"')
-  res = launch("multi_host_gpu.sh", "--mode", "slurm", "--nodes", "2", "--workdir", "/w", "--port", "9999",
-               "--python", str(bin_dir / "fakepy"), "--skip-install", "--log-dir", str(tmp_path / "logs"), "--",
-               "--config.x=a b", env={"PATH": str(bin_dir) + os.pathsep + os.environ["PATH"]})
+  fake_bin(
+    tmp_path, "srun", 'while [[ $1 == --* ]]; do shift; done\nfor i in 0 1; do SLURM_PROCID=$i "$@" || exit 1; done'
+  )
+  bin_dir = fake_bin(
+    tmp_path,
+    "fakepy",
+    f'echo "$JAX_COORDINATOR_ADDRESS $JAX_NUM_PROCESSES $JAX_PROCESS_ID $*" >> "{tmp_path}/procs.log"',
+  )
+  res = launch(
+    "multi_host_gpu.sh",
+    "--mode",
+    "slurm",
+    "--nodes",
+    "2",
+    "--workdir",
+    "/w",
+    "--port",
+    "9999",
+    "--python",
+    str(bin_dir / "fakepy"),
+    "--skip-install",
+    "--log-dir",
+    str(tmp_path / "logs"),
+    "--",
+    "--config.x=a b",
+    env={"PATH": str(bin_dir) + os.pathsep + os.environ["PATH"]},
+  )
   assert res.returncode == 0, res.stderr
   assert (tmp_path / "logs" / "modernlm_jax.sbatch").is_file()
   procs = (tmp_path / "procs.log").read_text().splitlines()
@@ -194,8 +328,22 @@ def test_slurm_batch_script_runs_one_process_per_node(tmp_path):
 
 
 def test_ssh_dry_run_exports_jax_env_per_host(tmp_path):
-  res = launch("multi_host_gpu.sh", "--mode", "ssh", "--hosts", "gpu1,gpu2,gpu3", "--coordinator", "10.0.0.1",
-               "--remote-dir", "/opt/lm", "--sync", "--workdir", "/nfs/runs/m", "--dry-run", cwd=tmp_path)
+  res = launch(
+    "multi_host_gpu.sh",
+    "--mode",
+    "ssh",
+    "--hosts",
+    "gpu1,gpu2,gpu3",
+    "--coordinator",
+    "10.0.0.1",
+    "--remote-dir",
+    "/opt/lm",
+    "--sync",
+    "--workdir",
+    "/nfs/runs/m",
+    "--dry-run",
+    cwd=tmp_path,
+  )
   assert res.returncode == 0, res.stderr
   cmds = commands(res.stdout)
   assert sum(c.startswith("rsync ") for c in cmds) == 3
@@ -212,13 +360,27 @@ def test_ssh_dry_run_exports_jax_env_per_host(tmp_path):
 
 def test_ssh_real_run_starts_all_hosts_and_reports_failure(tmp_path):
   # Fake ssh runs the remote command locally; the process on host "bad" fails.
-  fake_bin(tmp_path, "ssh", 'while [[ $1 == -* ]]; do shift; done\nhost=$1; shift\n'
-                            'if [[ $host == bad && $* == *modernlm_jax.main* ]]; then exit 7; fi\nbash -c "$*"')
+  fake_bin(
+    tmp_path,
+    "ssh",
+    'while [[ $1 == -* ]]; do shift; done\nhost=$1; shift\n'
+    'if [[ $host == bad && $* == *modernlm_jax.main* ]]; then exit 7; fi\nbash -c "$*"',
+  )
   record = f'echo "$JAX_COORDINATOR_ADDRESS $JAX_NUM_PROCESSES $JAX_PROCESS_ID" >> "{tmp_path}/procs.log"'
   bin_dir = fake_bin(tmp_path, "fakepy", f"if [[ $2 == modernlm_jax.main ]]; then {record}; fi")
   env = {"PATH": str(bin_dir) + os.pathsep + os.environ["PATH"]}
-  common = ["--mode", "ssh", "--workdir", "/w", "--remote-dir", str(tmp_path), "--python", str(bin_dir / "fakepy"),
-            "--log-dir", str(tmp_path / "logs")]
+  common = [
+    "--mode",
+    "ssh",
+    "--workdir",
+    "/w",
+    "--remote-dir",
+    str(tmp_path),
+    "--python",
+    str(bin_dir / "fakepy"),
+    "--log-dir",
+    str(tmp_path / "logs"),
+  ]
   ok = launch("multi_host_gpu.sh", *common, "--hosts", "h0,h1", env=env)
   assert ok.returncode == 0, ok.stderr
   assert sorted((tmp_path / "procs.log").read_text().splitlines()) == ["h0:8476 2 0", "h0:8476 2 1"]

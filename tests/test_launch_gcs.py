@@ -4,8 +4,20 @@ from test_launch import commands, launch
 
 
 def test_tpu_pod_with_gs_workdir_installs_gcs_client_on_all_workers():
-  res = launch("tpu_pod.sh", "--name", "pod", "--zone", "us-central2-b", "--accelerator", "v4-16",
-               "--workdir", "gs://bucket/runs/m30", "--steps", "install,run", "--dry-run")
+  res = launch(
+    "tpu_pod.sh",
+    "--name",
+    "pod",
+    "--zone",
+    "us-central2-b",
+    "--accelerator",
+    "v4-16",
+    "--workdir",
+    "gs://bucket/runs/m30",
+    "--steps",
+    "install,run",
+    "--dry-run",
+  )
   assert res.returncode == 0, res.stderr
   assert "should be a gs:// path" not in res.stderr  # a bucket is what a multi-host slice needs
   install, train = commands(res.stdout)
@@ -14,8 +26,9 @@ def test_tpu_pod_with_gs_workdir_installs_gcs_client_on_all_workers():
 
 
 def test_slurm_with_gs_workdir_installs_gcs_extra_and_passes_the_bucket(tmp_path):
-  res = launch("multi_host_gpu.sh", "--mode", "slurm", "--nodes", "2", "--workdir", "gs://bucket/runs/m",
-               "--dry-run", cwd=tmp_path)
+  res = launch(
+    "multi_host_gpu.sh", "--mode", "slurm", "--nodes", "2", "--workdir", "gs://bucket/runs/m", "--dry-run", cwd=tmp_path
+  )
   assert res.returncode == 0, res.stderr
   assert any("pip install -e" in c and "[gpu,gcs]" in c for c in commands(res.stdout))
   assert "--workdir=gs://bucket/runs/m" in res.stdout
@@ -23,8 +36,17 @@ def test_slurm_with_gs_workdir_installs_gcs_extra_and_passes_the_bucket(tmp_path
 
 
 def test_ssh_hosts_with_gs_workdir_each_install_gcs_extra(tmp_path):
-  res = launch("multi_host_gpu.sh", "--mode", "ssh", "--hosts", "g1,g2", "--workdir", "gs://bucket/runs/m",
-               "--dry-run", cwd=tmp_path)
+  res = launch(
+    "multi_host_gpu.sh",
+    "--mode",
+    "ssh",
+    "--hosts",
+    "g1,g2",
+    "--workdir",
+    "gs://bucket/runs/m",
+    "--dry-run",
+    cwd=tmp_path,
+  )
   assert res.returncode == 0, res.stderr
   cmds = commands(res.stdout)
   assert sum("pip install -e" in c and "[gpu,gcs]" in c for c in cmds) == 2

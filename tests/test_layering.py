@@ -9,8 +9,23 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parents[1] / "modernlm_jax"
 # A module may import only from layers strictly below its own, or from its own subpackage.
 # paths (the local/gs:// file layer) sits below data, whose tokenizer files go through it.
-LAYER = {"paths": -1, "model": 0, "data": 0, "train": 1, "generate": 1, "stateful": 1, "eval": 2, "interop": 3, "compare": 3,
-         "config_base": 1, "config_check": 1, "lm_eval": 4, "generate_cli": 4, "jobs": 4, "main": 5}
+LAYER = {
+  "paths": -1,
+  "model": 0,
+  "data": 0,
+  "train": 1,
+  "generate": 1,
+  "stateful": 1,
+  "eval": 2,
+  "interop": 3,
+  "compare": 3,
+  "config_base": 1,
+  "config_check": 1,
+  "lm_eval": 4,
+  "generate_cli": 4,
+  "jobs": 4,
+  "main": 5,
+}
 
 
 def _module_name(path: Path) -> str:
@@ -37,7 +52,7 @@ def _imports(name: str, path: Path, known: set[str]) -> set[str]:
       if node.level:
         anchor = name.split(".")
         anchor = anchor if is_pkg else anchor[:-1]
-        anchor = anchor[:len(anchor) - node.level + 1]
+        anchor = anchor[: len(anchor) - node.level + 1]
         base = ".".join(anchor + ([base] if base else []))
       targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names]
     else:

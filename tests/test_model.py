@@ -19,11 +19,11 @@ from modernlm_jax.model import (
 
 TINY = dict(vocab_size=61, max_len=32, n_layers=2, d_model=32, n_heads=4, d_ff=64)
 VARIANTS = {
-    "gpt2": dict(family="gpt2"),
-    "modern": dict(positions="rope", norm="rmsnorm", mlp="swiglu", use_bias=False, tie_embeddings=False),
-    "alibi": dict(positions="alibi", norm="rmsnorm", mlp="swiglu"),
-    "rope+alibi+gate": dict(positions="rope+alibi", norm="rmsnorm", mlp="swiglu", attn_gate="elementwise"),
-    "sinks+headgate+qknorm": dict(positions="rope", attn_sinks=True, attn_gate="headwise", qk_norm=True),
+  "gpt2": dict(family="gpt2"),
+  "modern": dict(positions="rope", norm="rmsnorm", mlp="swiglu", use_bias=False, tie_embeddings=False),
+  "alibi": dict(positions="alibi", norm="rmsnorm", mlp="swiglu"),
+  "rope+alibi+gate": dict(positions="rope+alibi", norm="rmsnorm", mlp="swiglu", attn_gate="elementwise"),
+  "sinks+headgate+qknorm": dict(positions="rope", attn_sinks=True, attn_gate="headwise", qk_norm=True),
 }
 
 
@@ -77,7 +77,7 @@ def test_kv_cache_decode_equals_full_forward(variant):
   logits, cache = model.apply({"params": params}, x[:, :4], positions=pos[:, :4], cache=cache)
   steps = [logits]
   for t in range(4, 10):
-    logits, cache = model.apply({"params": params}, x[:, t:t + 1], positions=pos[:, t:t + 1], cache=cache)
+    logits, cache = model.apply({"params": params}, x[:, t : t + 1], positions=pos[:, t : t + 1], cache=cache)
     steps.append(logits)
   chex.assert_trees_all_close(jnp.concatenate(steps, axis=1), full, atol=2e-4, rtol=2e-4)
 
@@ -92,7 +92,7 @@ def test_streaming_cache_matches_linear_cache_within_capacity():
     seq = []
     for t in range(8):
       p = jnp.full((2, 1), t, jnp.int32)
-      logits, cache = model.apply({"params": params}, x[:, t:t + 1], positions=p, cache=cache, stream_sinks=sinks)
+      logits, cache = model.apply({"params": params}, x[:, t : t + 1], positions=p, cache=cache, stream_sinks=sinks)
       seq.append(logits)
     out[sinks] = jnp.concatenate(seq, axis=1)
   chex.assert_trees_all_close(out[None], out[2], atol=1e-5)
@@ -103,8 +103,9 @@ def test_streaming_cache_keeps_sinks_and_rolls_window():
   cfg, model, params = make("modern")
   cache = init_cache(cfg, batch_size=1, max_len=6)
   for t in range(11):
-    _, cache = model.apply({"params": params}, jnp.array([[t % 61]]), positions=jnp.array([[t]]), cache=cache,
-                           stream_sinks=2)
+    _, cache = model.apply(
+      {"params": params}, jnp.array([[t % 61]]), positions=jnp.array([[t]]), cache=cache, stream_sinks=2
+    )
   kept = sorted(np.asarray(cache["pos"][0]).tolist())
   assert kept == [0, 1, 7, 8, 9, 10]  # two sinks + the last four tokens
 
@@ -130,8 +131,10 @@ def test_segment_ids_isolate_documents():
 def test_rope_depends_only_on_relative_position():
   q = jax.random.normal(jax.random.key(0), (1, 1, 1, 16))
   k = jax.random.normal(jax.random.key(1), (1, 1, 1, 16))
+
   def score(pq, pk):
     return jnp.sum(positions.apply_rope(q, jnp.array([[pq]])) * positions.apply_rope(k, jnp.array([[pk]])))
+
   np.testing.assert_allclose(score(5, 2), score(105, 102), rtol=1e-4)
   np.testing.assert_allclose(score(0, 0), jnp.sum(q * k), rtol=1e-5)
   assert not np.isclose(score(5, 2), score(5, 4))
@@ -177,9 +180,12 @@ def test_gate_and_sinks_change_parameters_and_outputs():
     no_sink[f"layer_{i}"]["mixer"]["sink_logit"] = jnp.full((4,), -1e9)
   shared = {k: v for k, v in no_sink.items()}
   for i in range(2):
-    shared[f"layer_{i}"] = dict(shared[f"layer_{i}"], mixer={k: v for k, v in no_sink[f"layer_{i}"]["mixer"].items()
-                                                             if k != "sink_logit"})
-  chex.assert_trees_all_close(model_s.apply({"params": no_sink}, x), model_plain.apply({"params": shared}, x), atol=1e-5)
+    shared[f"layer_{i}"] = dict(
+      shared[f"layer_{i}"], mixer={k: v for k, v in no_sink[f"layer_{i}"]["mixer"].items() if k != "sink_logit"}
+    )
+  chex.assert_trees_all_close(
+    model_s.apply({"params": no_sink}, x), model_plain.apply({"params": shared}, x), atol=1e-5
+  )
   # A zero sink logit takes probability mass: outputs differ.
   assert not np.allclose(model_s.apply({"params": p_s}, x), model_plain.apply({"params": shared}, x), atol=1e-4)
 
@@ -206,9 +212,12 @@ def test_xla_kernel_matches_reference(variant, use_segments):
   x = tokens()
   kwargs = {}
   if use_segments:
-    kwargs = dict(segment_ids=jnp.array([[1] * 5 + [2] * 7] * 2), positions=jnp.array([list(range(5)) + list(range(7))] * 2))
-  chex.assert_trees_all_close(model_xla.apply({"params": params}, x, **kwargs),
-                              model_ref.apply({"params": params}, x, **kwargs), atol=1e-4)
+    kwargs = dict(
+      segment_ids=jnp.array([[1] * 5 + [2] * 7] * 2), positions=jnp.array([list(range(5)) + list(range(7))] * 2)
+    )
+  chex.assert_trees_all_close(
+    model_xla.apply({"params": params}, x, **kwargs), model_ref.apply({"params": params}, x, **kwargs), atol=1e-4
+  )
 
 
 def test_cudnn_kernel_matches_reference_or_is_unavailable_here():
@@ -219,14 +228,16 @@ def test_cudnn_kernel_matches_reference_or_is_unavailable_here():
     pytest.skip("cuDNN flash attention needs an NVIDIA GPU; selection fallback checked")
   _, model_ref, params = make("modern", attention_impl="reference", dtype="bfloat16")
   model_cudnn = LanguageModel(cfg)
-  chex.assert_trees_all_close(model_cudnn.apply({"params": params}, tokens()),
-                              model_ref.apply({"params": params}, tokens()), atol=5e-2, rtol=5e-2)
+  chex.assert_trees_all_close(
+    model_cudnn.apply({"params": params}, tokens()), model_ref.apply({"params": params}, tokens()), atol=5e-2, rtol=5e-2
+  )
 
 
 def test_kernel_selection_logic():
   base = ModelConfig(**{**TINY, **VARIANTS["modern"]}, dtype="bfloat16")
   sel = lambda cfg, **kw: attention.select_attention_impl(
-      cfg, **{"backend": "gpu", "has_segments": False, "decoding": False, **kw})[0]
+    cfg, **{"backend": "gpu", "has_segments": False, "decoding": False, **kw}
+  )[0]
   assert sel(base) == "cudnn"
   assert sel(base, backend="cpu") == "xla"
   assert sel(base, has_segments=True) == "xla"
@@ -239,7 +250,6 @@ def test_kernel_selection_logic():
 
 @pytest.mark.slow
 class JitTest(chex.TestCase):
-
   @chex.variants(with_jit=True, without_jit=True)
   def test_forward(self):
     cfg, model, params = make("rope+alibi+gate")
@@ -272,11 +282,14 @@ def test_every_parameter_has_logical_axes():
 @pytest.mark.slow
 def test_return_hidden_and_logits_from_hidden():
   from modernlm_jax.model import logits_from_hidden
+
   for variant in ("gpt2", "modern"):
     cfg, model, params = make(variant)
     h = model.apply({"params": params}, tokens(), return_hidden=True)
     chex.assert_shape(h, (2, 12, 32))
-    chex.assert_trees_all_close(logits_from_hidden(params, cfg, h), model.apply({"params": params}, tokens()), atol=1e-5)
+    chex.assert_trees_all_close(
+      logits_from_hidden(params, cfg, h), model.apply({"params": params}, tokens()), atol=1e-5
+    )
 
 
 @pytest.mark.slow
@@ -284,11 +297,13 @@ def test_remat_does_not_change_outputs():
   _, model, params = make("modern")
   _, model_r, _ = make("modern", remat="full")
   loss = lambda m: lambda p: jnp.mean(m.module.apply({"params": p}, tokens()) ** 2)
-  chex.assert_trees_all_close(jax.jit(jax.grad(loss(model_r)))(params), jax.jit(jax.grad(loss(model)))(params),
-                              atol=1e-6)
+  chex.assert_trees_all_close(
+    jax.jit(jax.grad(loss(model_r)))(params), jax.jit(jax.grad(loss(model)))(params), atol=1e-6
+  )
 
 
 # ---- presets and the scale table -----------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_scale_table_matched_within_two_percent():
@@ -299,7 +314,13 @@ def test_scale_table_matched_within_two_percent():
   by_name = {r["name"]: r for r in rows}
   assert by_name["gpt2-125m"]["total"] == 124_439_808
   m253 = scales.preset("modern-253m")
-  assert (m253.n_layers, m253.d_model, m253.n_heads, m253.vocab_size, m253.tie_embeddings) == (12, 1024, 16, 50257, False)
+  assert (m253.n_layers, m253.d_model, m253.n_heads, m253.vocab_size, m253.tie_embeddings) == (
+    12,
+    1024,
+    16,
+    50257,
+    False,
+  )
   assert 250e6 < by_name["modern-253m"]["total"] < 256e6
 
 
@@ -316,13 +337,22 @@ def test_small_presets_run_forward_on_cpu(name):
 @pytest.mark.parametrize("name", ["gpt2-125m", "modern-125m", "gpt2-253m", "modern-253m"])
 def test_large_presets_by_eval_shape(name):
   cfg = scales.preset(name)
-  out = jax.eval_shape(lambda: LanguageModel(cfg).apply(
-      {"params": init_params(cfg, jax.random.key(0))}, jnp.zeros((2, 1024), jnp.int32)))
+  out = jax.eval_shape(
+    lambda: LanguageModel(cfg).apply({"params": init_params(cfg, jax.random.key(0))}, jnp.zeros((2, 1024), jnp.int32))
+  )
   assert out.shape == (2, 1024, cfg.vocab_size)
 
 
-@pytest.mark.parametrize("field,value", [("positions", "sinusoid"), ("norm", "batchnorm"), ("mlp", "relu"),
-                                         ("attention_impl", "flash2"), ("attn_gate", "yes")])
+@pytest.mark.parametrize(
+  "field,value",
+  [
+    ("positions", "sinusoid"),
+    ("norm", "batchnorm"),
+    ("mlp", "relu"),
+    ("attention_impl", "flash2"),
+    ("attn_gate", "yes"),
+  ],
+)
 def test_bad_option_names_list_valid_ones(field, value):
   with pytest.raises(ValueError, match=r"choose one of \["):
     ModelConfig(**{**TINY, field: value})

@@ -37,8 +37,11 @@ def _free_port() -> int:
 
 
 def _child_env(local_devices: int, **extra: str) -> dict[str, str]:
-  env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_COORDINATOR", "JAX_NUM_PROCESSES",
-                                                                    "JAX_PROCESS_ID", "SLURM_"))}
+  env = {
+    k: v
+    for k, v in os.environ.items()
+    if not k.startswith(("JAX_COORDINATOR", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_"))
+  }
   # Replaces (not extends) the 8 fake devices the root conftest gives the test process.
   env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={local_devices} {XLA_FAST_COMPILE}"
   env["JAX_PLATFORMS"] = "cpu"
@@ -58,14 +61,25 @@ class _Run:
     self._results: list[dict] | None = None
     try:
       for pid in range(num_processes):
-        dist = {} if num_processes == 1 else dict(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-                                                  JAX_NUM_PROCESSES=str(num_processes), JAX_PROCESS_ID=str(pid))
+        dist = (
+          {}
+          if num_processes == 1
+          else dict(
+            JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(num_processes), JAX_PROCESS_ID=str(pid)
+          )
+        )
         log_path = logs / f"process{pid}-{time.monotonic_ns()}.log"
         self.logs.append(log_path)
         with open(log_path, "w") as log:  # a file, not a pipe: a full pipe buffer would block the child
-          self.procs.append(subprocess.Popen(
+          self.procs.append(
+            subprocess.Popen(
               [sys.executable, str(WORKER), "--workdir", str(workdir), "--steps", str(STEPS), *args],
-              env=_child_env(local_devices, **dist), stdout=log, stderr=subprocess.STDOUT, cwd=REPO))
+              env=_child_env(local_devices, **dist),
+              stdout=log,
+              stderr=subprocess.STDOUT,
+              cwd=REPO,
+            )
+          )
       self.deadline = time.monotonic() + TIMEOUT_S
     except BaseException:
       self.kill()
@@ -93,7 +107,7 @@ class _Run:
     for path in self.logs:
       lines = [line for line in path.read_text().splitlines() if line.startswith("RESULT ")]
       assert len(lines) == 1, f"{path} has no RESULT line:\n" + _tails([path])
-      results.append(json.loads(lines[0][len("RESULT "):]))
+      results.append(json.loads(lines[0][len("RESULT ") :]))
     self._results = results
     return results
 
@@ -141,14 +155,19 @@ def _train_rows(workdir: Path) -> list[int]:
 
 
 def test_data_parallel_two_processes_match_one_process_two_devices(reference_run, tmp_path):
-  results = _launch(tmp_path / "run", tmp_path / "logs", num_processes=2, local_devices=1,
-                    args=["--mesh", "data", "--async-checkpoint"])
+  results = _launch(
+    tmp_path / "run", tmp_path / "logs", num_processes=2, local_devices=1, args=["--mesh", "data", "--async-checkpoint"]
+  )
   reference = reference_run()
   _check_topology(results)
   _check_same_global_loss(results)
   assert results[0]["steps"] == reference["steps"]
-  np.testing.assert_allclose(results[0]["losses"], reference["losses"], rtol=1e-5,
-                             err_msg="two processes × one device diverge from one process × two devices")
+  np.testing.assert_allclose(
+    results[0]["losses"],
+    reference["losses"],
+    rtol=1e-5,
+    err_msg="two processes × one device diverge from one process × two devices",
+  )
   np.testing.assert_allclose(results[0]["val_loss"], reference["val_loss"], rtol=1e-5)
   # Only process 0 writes metrics: one row per step, not one per process.
   assert _train_rows(tmp_path / "run") == list(range(1, STEPS + 1))
@@ -158,24 +177,39 @@ def test_data_parallel_two_processes_match_one_process_two_devices(reference_run
 def test_fsdp_checkpoint_written_by_both_processes_resumes_exactly(reference_run, tmp_path):
   """Parameters sharded across the processes: each writes its own shard, and a restart restores both."""
   workdir = tmp_path / "run"
-  first = _launch(workdir, tmp_path / "logs", num_processes=2, local_devices=1,
-                  args=["--mesh", "fsdp", "--async-checkpoint", "--checkpoint-every", "2", "--stop-at", "2"])
+  first = _launch(
+    workdir,
+    tmp_path / "logs",
+    num_processes=2,
+    local_devices=1,
+    args=["--mesh", "fsdp", "--async-checkpoint", "--checkpoint-every", "2", "--stop-at", "2"],
+  )
   _check_topology(first)
   _check_same_global_loss(first)
   state_dir = workdir / "checkpoints" / "2" / "state"
   assert (state_dir / "commit_success.txt").exists(), sorted(p.name for p in state_dir.parent.iterdir())
   assert sorted(p.name for p in state_dir.glob("ocdbt.process_*")) == ["ocdbt.process_0", "ocdbt.process_1"], (
-      "each process must write its own parameter shard")
+    "each process must write its own parameter shard"
+  )
 
-  second = _launch(workdir, tmp_path / "logs", num_processes=2, local_devices=1,
-                   args=["--mesh", "fsdp", "--async-checkpoint", "--checkpoint-every", "2"])
+  second = _launch(
+    workdir,
+    tmp_path / "logs",
+    num_processes=2,
+    local_devices=1,
+    args=["--mesh", "fsdp", "--async-checkpoint", "--checkpoint-every", "2"],
+  )
   _check_topology(second)
   _check_same_global_loss(second)
   assert first[0]["steps"] == [1, 2] and second[0]["steps"] == [3, 4], "the restart must resume at step 3"
   reference = reference_run()
   # FSDP reduce-scatters where data parallelism all-reduces: same sums, possibly different rounding.
-  np.testing.assert_allclose(first[0]["losses"] + second[0]["losses"], reference["losses"], rtol=1e-5,
-                             err_msg="stopped-and-resumed FSDP run diverges from the uninterrupted reference")
+  np.testing.assert_allclose(
+    first[0]["losses"] + second[0]["losses"],
+    reference["losses"],
+    rtol=1e-5,
+    err_msg="stopped-and-resumed FSDP run diverges from the uninterrupted reference",
+  )
   np.testing.assert_allclose(second[0]["val_loss"], reference["val_loss"], rtol=1e-5)
   assert _train_rows(workdir) == list(range(1, STEPS + 1))
   assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [2, 4]
@@ -184,16 +218,23 @@ def test_fsdp_checkpoint_written_by_both_processes_resumes_exactly(reference_run
 def test_sigterm_on_one_process_saves_the_same_step_on_both(tmp_path):
   """Only process 0 is signalled; the all-reduced flag makes both save the same step together, then exit 143."""
   workdir = tmp_path / "run"
-  run = _Run(workdir, tmp_path / "logs", num_processes=2, local_devices=1,
-             args=["--mesh", "data", "--async-checkpoint", "--sigterm-at", "1", "--preemption-check-every", "2"])
+  run = _Run(
+    workdir,
+    tmp_path / "logs",
+    num_processes=2,
+    local_devices=1,
+    args=["--mesh", "data", "--async-checkpoint", "--sigterm-at", "1", "--preemption-check-every", "2"],
+  )
   try:
     for p in run.procs:
       p.wait(timeout=TIMEOUT_S)
   finally:
     run.kill()
   assert [p.returncode for p in run.procs] == [143, 143], _tails(run.logs)
-  results = [json.loads(next(line for line in path.read_text().splitlines() if line.startswith("RESULT "))[7:])
-             for path in run.logs]
+  results = [
+    json.loads(next(line for line in path.read_text().splitlines() if line.startswith("RESULT "))[7:])
+    for path in run.logs
+  ]
   assert [r["preempted_at"] for r in results] == [2, 2]  # the first agreed check after the signal
   assert all("saved step 2 on SIGTERM" in path.read_text() for path in run.logs)
   assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [2]

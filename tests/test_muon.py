@@ -30,13 +30,20 @@ def _abstract_params(cfg):
 
 def test_matrices_get_muon_and_the_rest_adamw():
   params = _abstract_params(tiny_config("modern"))
-  kinds = {jax.tree_util.keystr(p): muon_dimensions(p, leaf) is not None
-           for p, leaf in jax.tree_util.tree_leaves_with_path(params)}
+  kinds = {
+    jax.tree_util.keystr(p): muon_dimensions(p, leaf) is not None
+    for p, leaf in jax.tree_util.tree_leaves_with_path(params)
+  }
   assert kinds["['layer_0']['mixer']['query_kernel']"] and kinds["['layer_1']['mixer']['out_kernel']"]
   assert kinds["['layer_0']['mlp']['wi_gate']['kernel']"] and kinds["['layer_0']['mlp']['wo']['kernel']"]
   assert not kinds["['embed']['embedding']"] and not kinds["['final_norm']['scale']"]
-  out = muon_dimensions(*next((p, x) for p, x in jax.tree_util.tree_leaves_with_path(params)
-                              if jax.tree_util.keystr(p).endswith("['out_kernel']")))
+  out = muon_dimensions(
+    *next(
+      (p, x)
+      for p, x in jax.tree_util.tree_leaves_with_path(params)
+      if jax.tree_util.keystr(p).endswith("['out_kernel']")
+    )
+  )
   assert (tuple(np.atleast_1d(out.reduction_axis)), out.output_axis) == ((0, 1), 2)  # [H, Dh] in, D out
 
 
@@ -50,18 +57,25 @@ def test_unknown_optimizer_is_refused():
 def test_muon_overfits_a_tiny_fixed_batch_and_differs_from_adamw():
   losses = {}
   for name, steps in (("muon", 40), ("adamw", 8)):
-    cfg = tiny_config("modern", batch_size=4, lr=1e-2, warmup_steps=5, steps=40, weight_decay=0.0, optimizer=name,
-                      muon_lr=0.05)
+    cfg = tiny_config(
+      "modern", batch_size=4, lr=1e-2, warmup_steps=5, steps=40, weight_decay=0.0, optimizer=name, muon_lr=0.05
+    )
     opt = make_optimizer(cfg.train, _abstract_params(cfg))
     step = jax.jit(make_train_step(make_objective(cfg), opt, learning_rate_schedule(cfg.train)))
     seq = np.random.default_rng(0).integers(0, 64, size=(4, 17)).astype(np.int32)
-    batch = {"inputs": seq[:, :-1], "targets": seq[:, 1:], "positions": np.tile(np.arange(16, dtype=np.int32), (4, 1)),
-             "segment_ids": np.ones((4, 16), np.int32), "loss_mask": np.ones((4, 16), np.float32)}
+    batch = {
+      "inputs": seq[:, :-1],
+      "targets": seq[:, 1:],
+      "positions": np.tile(np.arange(16, dtype=np.int32), (4, 1)),
+      "segment_ids": np.ones((4, 16), np.int32),
+      "loss_mask": np.ones((4, 16), np.float32),
+    }
     state = create_state(ModelConfig.from_dict(cfg.model), opt, 0)
     if name == "muon":  # the optimizer state really is a partition with a Muon branch
       assert "muon" in str(jax.tree_util.tree_structure(state.opt_state)).lower() or any(
-          isinstance(s, optax.contrib.MuonState) for s in jax.tree.leaves(
-              state.opt_state, is_leaf=lambda x: isinstance(x, optax.contrib.MuonState)))
+        isinstance(s, optax.contrib.MuonState)
+        for s in jax.tree.leaves(state.opt_state, is_leaf=lambda x: isinstance(x, optax.contrib.MuonState))
+      )
     run = []
     for _ in range(steps):
       state, m = step(state, batch)
@@ -74,10 +88,22 @@ def test_muon_overfits_a_tiny_fixed_batch_and_differs_from_adamw():
 @pytest.mark.slow
 def test_modern_tiny_preset_trains_with_muon_and_the_checkpoint_records_it(tmp_path):
   run = tmp_path / "run"
-  cmd = [sys.executable, "-m", "modernlm_jax.main", f"--config={REPO}/configs/pretrain.py", f"--workdir={run}",
-         "--config.train.optimizer=muon", "--config.train.steps=30", "--config.train.checkpoint_every=30",
-         "--config.train.eval_every=30", "--config.train.log_every=5", "--config.train.batch_size=8",
-         "--config.data.seq_len=64", "--config.train.eval_batches=1", "--config.sample.max_new_tokens=2"]
+  cmd = [
+    sys.executable,
+    "-m",
+    "modernlm_jax.main",
+    f"--config={REPO}/configs/pretrain.py",
+    f"--workdir={run}",
+    "--config.train.optimizer=muon",
+    "--config.train.steps=30",
+    "--config.train.checkpoint_every=30",
+    "--config.train.eval_every=30",
+    "--config.train.log_every=5",
+    "--config.train.batch_size=8",
+    "--config.data.seq_len=64",
+    "--config.train.eval_batches=1",
+    "--config.sample.max_new_tokens=2",
+  ]
   res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
   assert res.returncode == 0, res.stderr[-3000:]
   rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -40,8 +40,7 @@ def _execute(nb, cwd: Path, monkeypatch) -> None:
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
   monkeypatch.setenv("MODERNLM_CACHE", str(cwd / "token_cache"))
   monkeypatch.setenv("PATH", os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
-  client = NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
-                          resources={"metadata": {"path": str(cwd)}})
+  client = NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(cwd)}})
   try:
     client.execute()
   finally:
@@ -76,7 +75,9 @@ def test_committed_notebook_is_clean(name):
   dirty = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.outputs or c.execution_count)]
   assert not dirty, f"{name}: cells {dirty} carry outputs; clear them before committing"
   install = nb.cells[1].source
-  assert "import modernlm_jax" in install and "except ImportError" in install, "first code cell must be the guarded install"
+  assert "import modernlm_jax" in install and "except ImportError" in install, (
+    "first code cell must be the guarded install"
+  )
 
 
 @pytest.mark.slow
@@ -131,12 +132,15 @@ def _install_cell_as_python(name: str) -> str:
   for line in nb.cells[1].source.splitlines():
     stripped = line.lstrip()
     if stripped.startswith(("!", "%pip")):
-      indent = line[:len(line) - len(stripped)]
+      indent = line[: len(line) - len(stripped)]
       out.append(f"{indent}_magic(f{stripped.lstrip('!')!r})")
     else:
       out.append(line)
-  return "import sys\nsys.modules['modernlm_jax'] = None  # as on a fresh Colab runtime\n" + "\n".join(out) + \
-      "\nprint('RAN', RAN)\n"
+  return (
+    "import sys\nsys.modules['modernlm_jax'] = None  # as on a fresh Colab runtime\n"
+    + "\n".join(out)
+    + "\nprint('RAN', RAN)\n"
+  )
 
 
 @pytest.mark.parametrize("name", ["quickstart.ipynb", "compare.ipynb"])
@@ -149,8 +153,9 @@ def test_install_cell_installs_the_checkout_it_is_opened_from_or_asks_for_repo_u
   env.pop("MODERNLM_REPO_URL", None)
   # Outside any checkout and without REPO_URL: a clear message, nothing cloned or installed.
   (tmp_path / "elsewhere").mkdir()
-  res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path / "elsewhere", capture_output=True, text=True,
-                       timeout=120, env=env)
+  res = subprocess.run(
+    [sys.executable, "-c", code], cwd=tmp_path / "elsewhere", capture_output=True, text=True, timeout=120, env=env
+  )
   assert res.returncode != 0 and "Set REPO_URL" in res.stderr and "RAN" not in res.stdout
   # Inside a checkout (Jupyter opened in its notebooks/ folder): that checkout is pip-installed.
   checkout = tmp_path / "checkout"
@@ -158,27 +163,48 @@ def test_install_cell_installs_the_checkout_it_is_opened_from_or_asks_for_repo_u
   (checkout / "notebooks").mkdir()
   (checkout / "pyproject.toml").write_text("[project]\nname = 'modernlm_jax'\n")
   (checkout / "modernlm_jax" / "__init__.py").write_text("")
-  res = subprocess.run([sys.executable, "-c", code], cwd=checkout / "notebooks", capture_output=True, text=True,
-                       timeout=120, env=env)
+  res = subprocess.run(
+    [sys.executable, "-c", code], cwd=checkout / "notebooks", capture_output=True, text=True, timeout=120, env=env
+  )
   assert res.returncode == 0, res.stderr[-2000:]
   ran = res.stdout.split("RAN", 1)[1]
   assert f"pip install -q -e \"{checkout}" in ran and "git clone" not in ran
   assert f"modernlm_jax: {checkout / 'modernlm_jax'}" in res.stdout
   # With REPO_URL set and no checkout: it clones REPO_URL (recorded, not run, so the clone is then missing).
-  res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path / "elsewhere", capture_output=True, text=True,
-                       timeout=120, env={**env, "MODERNLM_REPO_URL": "https://example.invalid/modernlm_jax.git"})
+  res = subprocess.run(
+    [sys.executable, "-c", code],
+    cwd=tmp_path / "elsewhere",
+    capture_output=True,
+    text=True,
+    timeout=120,
+    env={**env, "MODERNLM_REPO_URL": "https://example.invalid/modernlm_jax.git"},
+  )
   assert "cloning https://example.invalid/modernlm_jax.git into /content/modernlm_jax gave no" in res.stderr
 
 
 @pytest.mark.slow
 def test_compare_notebook_launches_a_small_comparison(tmp_path, monkeypatch):
   nb = nbformat.read(NOTEBOOKS / "compare.ipynb", as_version=4)
-  overrides = {"compare.families": "gpt2,modern", "compare.scales": "tiny", "train.steps": 10,
-               "train.eval_every": 10, "train.checkpoint_every": 10, "train.batch_size": 8, "data.seq_len": 64,
-               "train.eval_batches": 2, "compare.probes.enabled": False, "compare.inference.enabled": False,
-               "compare.smoke.enabled": False}
-  _set_parameters(nb, LAUNCH="smoke", COMPARE_WORKDIR=str(tmp_path / "cmp"), LAUNCH_OVERRIDES=overrides,
-                  RESULTS_PATH=str(tmp_path / "not-used.json"))
+  overrides = {
+    "compare.families": "gpt2,modern",
+    "compare.scales": "tiny",
+    "train.steps": 10,
+    "train.eval_every": 10,
+    "train.checkpoint_every": 10,
+    "train.batch_size": 8,
+    "data.seq_len": 64,
+    "train.eval_batches": 2,
+    "compare.probes.enabled": False,
+    "compare.inference.enabled": False,
+    "compare.smoke.enabled": False,
+  }
+  _set_parameters(
+    nb,
+    LAUNCH="smoke",
+    COMPARE_WORKDIR=str(tmp_path / "cmp"),
+    LAUNCH_OVERRIDES=overrides,
+    RESULTS_PATH=str(tmp_path / "not-used.json"),
+  )
   _execute(nb, tmp_path, monkeypatch)
   assert "comparison finished" in _text(_cell_with(nb, "if LAUNCH:"))
   assert (tmp_path / "cmp" / "results.json").is_file()

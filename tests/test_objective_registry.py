@@ -31,8 +31,12 @@ class LengthNormalisedDPO(DPOObjective):
 
 @pytest.fixture
 def dpo_norm_registered():
-  registry.register_objective("dpo_norm", lambda config, model_cfg: LengthNormalisedDPO(
-      model_cfg, beta=float(config.dpo.beta), loss_chunk=int(config.train.loss_chunk)))
+  registry.register_objective(
+    "dpo_norm",
+    lambda config, model_cfg: LengthNormalisedDPO(
+      model_cfg, beta=float(config.dpo.beta), loss_chunk=int(config.train.loss_chunk)
+    ),
+  )
   yield
   registry.OBJECTIVES.pop("dpo_norm")
 
@@ -80,8 +84,11 @@ def test_builtin_objectives_declare_their_contract():
     cfg.objective = name
     obj = registry.make_objective(cfg)
     kinds[name] = (obj.name, obj.batch_kind, obj.needs_reference, obj.reports_perplexity)
-  assert kinds == {"next_token": ("next_token", "tokens", False, True), "sft": ("sft", "tokens", False, True),
-                   "dpo": ("dpo", "pairs", True, False)}
+  assert kinds == {
+    "next_token": ("next_token", "tokens", False, True),
+    "sft": ("sft", "tokens", False, True),
+    "dpo": ("dpo", "pairs", True, False),
+  }
 
 
 @pytest.mark.slow

@@ -11,7 +11,11 @@ from modernlm_jax.model.param_layout import SCANNED_LAYERS, from_default_layout,
 from modernlm_jax.train.optim import decay_mask
 
 BASE = ModelConfig(vocab_size=61, max_len=32, n_layers=3, d_model=32, n_heads=4, d_ff=64, family="gpt2")
-LAYOUTS = {"scan": dict(scan_layers=True), "fused": dict(fused_qkv=True), "scan+fused": dict(scan_layers=True, fused_qkv=True)}
+LAYOUTS = {
+  "scan": dict(scan_layers=True),
+  "fused": dict(fused_qkv=True),
+  "scan+fused": dict(scan_layers=True, fused_qkv=True),
+}
 
 
 def _equal_trees(a, b):
@@ -24,16 +28,29 @@ def _equal_trees(a, b):
 def test_default_tree_is_unchanged():
   params = init_params(BASE, 0)
   assert sorted(params) == ["embed", "final_norm", "layer_0", "layer_1", "layer_2", "pos_embed"]
-  assert sorted(params["layer_0"]["mixer"]) == ["key_bias", "key_kernel", "out_bias", "out_kernel", "query_bias",
-                                                "query_kernel", "value_bias", "value_kernel"]
+  assert sorted(params["layer_0"]["mixer"]) == [
+    "key_bias",
+    "key_kernel",
+    "out_bias",
+    "out_kernel",
+    "query_bias",
+    "query_kernel",
+    "value_bias",
+    "value_kernel",
+  ]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("family", ["gpt2", "modern"])
 def test_layout_is_the_same_function_and_converts_losslessly(layout, family):
-  base = BASE if family == "gpt2" else BASE.replace(family="modern", positions="rope", norm="rmsnorm", mlp="swiglu",
-                                                    use_bias=False, tie_embeddings=False)
+  base = (
+    BASE
+    if family == "gpt2"
+    else BASE.replace(
+      family="modern", positions="rope", norm="rmsnorm", mlp="swiglu", use_bias=False, tie_embeddings=False
+    )
+  )
   cfg = base.replace(**LAYOUTS[layout])
   p0 = init_params(base, 0)
   p = from_default_layout(p0, cfg)
@@ -44,8 +61,9 @@ def test_layout_is_the_same_function_and_converts_losslessly(layout, family):
   assert back_cfg == base
   _equal_trees(back, p0)
   x = jax.random.randint(jax.random.key(1), (2, 12), 0, 61)
-  np.testing.assert_allclose(LanguageModel(cfg).apply({"params": p}, x), LanguageModel(base).apply({"params": p0}, x),
-                             atol=1e-5)
+  np.testing.assert_allclose(
+    LanguageModel(cfg).apply({"params": p}, x), LanguageModel(base).apply({"params": p0}, x), atol=1e-5
+  )
   # the decode path (the cache is stacked too under scan_layers)
   cache = init_cache(cfg, 2, 16)
   logits, cache = LanguageModel(cfg).apply({"params": p}, x[:, :5], cache=cache)

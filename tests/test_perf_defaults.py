@@ -42,7 +42,9 @@ def test_plain_optimizer_still_works_with_update_with_grad_norm():
   np.testing.assert_allclose(u["a"], -0.1)
 
 
-@pytest.mark.parametrize("argv,needed", [
+@pytest.mark.parametrize(
+  "argv,needed",
+  [
     (["--config=configs/pretrain.py"], False),
     (["--config=configs/bench.py:gpt2-125m", "--config.bench.steps=3"], False),
     (["--config", "configs/pretrain.py:modern-30m"], False),
@@ -50,6 +52,7 @@ def test_plain_optimizer_still_works_with_update_with_grad_norm():
     (["--config=configs/pretrain.py", "--config.model.layer_pattern=ssm,rwkv"], True),
     (["--config=configs/compare.py:tiny"], True),  # comparison arms include the hybrid
     (["--config=configs/sft.py", "--config.init_from=runs/x"], True),  # may start from a hybrid run
-])
+  ],
+)
 def test_ynn_workaround_only_where_rwkv_may_be_built(argv, needed):
   assert needs_ynn_workaround(argv) is needed

@@ -20,12 +20,25 @@ from modernlm_jax.train.flops import flops_per_token
 from modernlm_jax.train.objectives import NextTokenObjective, cross_entropy_terms
 from modernlm_jax.train.synthetic import SyntheticBatches
 
-TINY = dict(vocab_size=64, max_len=64, n_layers=2, d_model=32, n_heads=4, d_ff=64, family="modern",
-            positions="rope", norm="rmsnorm", mlp="swiglu", use_bias=False)
+TINY = dict(
+  vocab_size=64,
+  max_len=64,
+  n_layers=2,
+  d_model=32,
+  n_heads=4,
+  d_ff=64,
+  family="modern",
+  positions="rope",
+  norm="rmsnorm",
+  mlp="swiglu",
+  use_bias=False,
+)
 
 
 def _bench_config(n_layers=1, **knobs):
-  spec = importlib.util.spec_from_file_location("bench_config", Path(__file__).resolve().parents[1] / "configs" / "bench.py")
+  spec = importlib.util.spec_from_file_location(
+    "bench_config", Path(__file__).resolve().parents[1] / "configs" / "bench.py"
+  )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   c = module.get_config("modern-tiny")
@@ -41,8 +54,9 @@ def _bench_config(n_layers=1, **knobs):
 @pytest.mark.slow
 def test_optimised_step_matches_reference_step_for_10_steps(tmp_path, capsys):
   """The bench_parity command: bf16 + fused chunked loss + remat vs float32 reference kernel, same batches."""
-  summary = bench_parity.run(_bench_config(dtype="bfloat16", attention_impl="xla", loss_chunk=8, remat="dots"),
-                             tmp_path, steps=10)
+  summary = bench_parity.run(
+    _bench_config(dtype="bfloat16", attention_impl="xla", loss_chunk=8, remat="dots"), tmp_path, steps=10
+  )
   fast, ref = np.array(summary["optimised"]["losses"]), np.array(summary["reference"]["losses"])
   assert summary["optimised"]["dtype"] == "bfloat16" and summary["reference"]["kernel"] == "reference"
   assert len(fast) == len(ref) == 10
@@ -54,7 +68,6 @@ def test_optimised_step_matches_reference_step_for_10_steps(tmp_path, capsys):
 
 @pytest.mark.slow
 class ChunkedLossTest(chex.TestCase):
-
   @chex.variants(with_jit=True, without_jit=True)
   def test_chunked_cross_entropy_matches_full_logits(self):
     k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
@@ -94,14 +107,16 @@ def _reference_loss_and_grads():
 @pytest.mark.slow
 @pytest.mark.parametrize("remat", ["full", "dots_no_batch"])  # "dots" differs only in the policy table
 def test_remat_policies_give_the_same_loss_and_gradients(remat):
-  chex.assert_trees_all_close(_loss_and_grads(ModelConfig(**ONE_BLOCK, remat=remat)), _reference_loss_and_grads(),
-                              rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(
+    _loss_and_grads(ModelConfig(**ONE_BLOCK, remat=remat)), _reference_loss_and_grads(), rtol=1e-5, atol=1e-6
+  )
 
 
 @pytest.mark.slow
 def test_dropping_single_segment_ids_is_the_same_function():
-  chex.assert_trees_all_close(_loss_and_grads(ModelConfig(**ONE_BLOCK), use_segment_ids=False),
-                              _reference_loss_and_grads(), rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(
+    _loss_and_grads(ModelConfig(**ONE_BLOCK), use_segment_ids=False), _reference_loss_and_grads(), rtol=1e-5, atol=1e-6
+  )
 
 
 def test_objective_keeps_segments_when_documents_are_isolated():
@@ -118,7 +133,8 @@ def test_objective_keeps_segments_when_documents_are_isolated():
 def test_tpu_kernel_selection():
   base = ModelConfig(**TINY, dtype="bfloat16")
   sel = lambda cfg, **kw: select_attention_impl(
-      cfg, **{"backend": "tpu", "has_segments": True, "decoding": False, "seq_len": 1024, **kw})
+    cfg, **{"backend": "tpu", "has_segments": True, "decoding": False, "seq_len": 1024, **kw}
+  )
   assert sel(base) == ("splash", "auto: TPU with supported options")  # segments are fine for splash
   assert sel(base.replace(attention_impl="splash"))[0] == "splash"
   assert sel(base.replace(dtype="float32"))[0] == "splash"
@@ -145,8 +161,9 @@ def test_splash_import_is_guarded(monkeypatch):
   monkeypatch.setattr(tpu_attention, "_import_splash", broken)
   ok, why = tpu_attention.splash_available()
   assert not ok and "no pallas here" in why
-  kernel, reason = select_attention_impl(ModelConfig(**TINY), backend="tpu", has_segments=False, decoding=False,
-                                         seq_len=128)
+  kernel, reason = select_attention_impl(
+    ModelConfig(**TINY), backend="tpu", has_segments=False, decoding=False, seq_len=128
+  )
   assert kernel == "xla" and "no pallas here" in reason
 
 

@@ -48,8 +48,11 @@ def reference(tmp_path_factory, corpus, jax_cache) -> tuple[dict[int, str], dict
 def metrics_steps(workdir: Path) -> list[int]:
   import json
 
-  return [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()
-          if "loss" in json.loads(line)]
+  return [
+    json.loads(line)["step"]
+    for line in (workdir / "metrics.jsonl").read_text().splitlines()
+    if "loss" in json.loads(line)
+  ]
 
 
 def test_sigterm_at_random_step_saves_that_step_and_resumes_bit_identically(tmp_path, corpus, jax_cache, reference):
@@ -78,15 +81,27 @@ def test_sigterm_at_random_step_saves_that_step_and_resumes_bit_identically(tmp_
   assert metrics_steps(workdir) == list(range(1, STEPS + 1))  # each step logged once
 
 
-def test_second_run_on_a_busy_workdir_is_refused_and_the_first_finishes_untouched(tmp_path, corpus, jax_cache,
-                                                                                 reference):
+def test_second_run_on_a_busy_workdir_is_refused_and_the_first_finishes_untouched(
+  tmp_path, corpus, jax_cache, reference
+):
   workdir = tmp_path / "run"
   first = Worker(workdir, corpus, jax_cache, "--step-delay", "0.4")
   first.wait_for("STEP 1 ")
   t0 = time.monotonic()
-  second = subprocess.run([sys.executable, "-m", "modernlm_jax.main", "--config=configs/pretrain.py",
-                           f"--workdir={workdir}", "--config.train.steps=3"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=WAIT_S)
+  second = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "modernlm_jax.main",
+      "--config=configs/pretrain.py",
+      f"--workdir={workdir}",
+      "--config.train.steps=3",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=WAIT_S,
+  )
   seconds = time.monotonic() - t0
   assert second.returncode != 0
   assert f"is in use by another run (PID {first.proc.pid} on host" in second.stderr, second.stderr[-2000:]

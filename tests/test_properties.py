@@ -18,19 +18,41 @@ from modernlm_jax.data import formats
 from modernlm_jax.data.tokenizers import ByteTokenizer, GPT2Tokenizer, SentencePieceTokenizer, train_sentencepiece
 
 SP_BOUNDARY = "\u2581"
-TRICKY = ["<|endoftext|>", "</s>", "<unk>", "<s>", "\n", "\r\n", " ", "  ", "\t", "\x00", "é", "e\u0301", "😀",
-          "\ufeff", "\u200b", "ﬁ", "\U0010ffff", "\n\nHuman:", "\n\nAssistant:", "### Response:\n"]
+TRICKY = [
+  "<|endoftext|>",
+  "</s>",
+  "<unk>",
+  "<s>",
+  "\n",
+  "\r\n",
+  " ",
+  "  ",
+  "\t",
+  "\x00",
+  "é",
+  "e\u0301",
+  "😀",
+  "\ufeff",
+  "\u200b",
+  "ﬁ",
+  "\U0010ffff",
+  "\n\nHuman:",
+  "\n\nAssistant:",
+  "### Response:\n",
+]
 texts = st.lists(st.one_of(st.text(max_size=24), st.sampled_from(TRICKY)), max_size=10).map("".join)
 responses = texts.filter(lambda s: s.strip() != "")
-long_texts = st.tuples(texts, st.integers(1000, 6000)).map(lambda t: ((t[0] or "x") * t[1])[:t[1]])
+long_texts = st.tuples(texts, st.integers(1000, 6000)).map(lambda t: ((t[0] or "x") * t[1])[: t[1]])
 blank = st.text(alphabet=" \t\n\r\x0b\x0c\u3000\u2003\u00a0", max_size=6)
 PROPS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @pytest.fixture(scope="module")
 def tokenizers(tmp_path_factory) -> dict:
-  words = ("the quick brown fox jumps over a lazy dog while seven wizards quietly hex "
-           "every jumbo box of pizza and 1234 numbers").split()
+  words = (
+    "the quick brown fox jumps over a lazy dog while seven wizards quietly hex "
+    "every jumbo box of pizza and 1234 numbers"
+  ).split()
   rng = np.random.default_rng(0)
   corpus = [" ".join(rng.choice(words, size=12)) + "\n" + "é😀 ok" for _ in range(200)]
   model = train_sentencepiece(corpus, tmp_path_factory.mktemp("sp") / "sp.model", vocab_size=320)
@@ -106,11 +128,16 @@ def test_sft_untruncated_mask_covers_exactly_the_response_and_eos(tokenizers, na
 
 @pytest.mark.parametrize("name", TOKENIZERS)
 @PROPS
-@given(prompt=st.one_of(texts, long_texts), response=st.one_of(responses, long_texts.filter(str.strip)),
-       max_tokens=st.integers(2, 96), mode=st.sampled_from(formats.TRUNCATION_MODES),
-       min_prompt=st.integers(0, 40))
-def test_sft_truncation_keeps_a_counted_contiguous_slice(tokenizers, name, prompt, response, max_tokens, mode,
-                                                         min_prompt):
+@given(
+  prompt=st.one_of(texts, long_texts),
+  response=st.one_of(responses, long_texts.filter(str.strip)),
+  max_tokens=st.integers(2, 96),
+  mode=st.sampled_from(formats.TRUNCATION_MODES),
+  min_prompt=st.integers(0, 40),
+)
+def test_sft_truncation_keeps_a_counted_contiguous_slice(
+  tokenizers, name, prompt, response, max_tokens, mode, min_prompt
+):
   tok = tokenizers[name]
   example = sft(prompt, response)
   full, _ = encode_one_sft(tok, example, 10**7)
@@ -129,8 +156,11 @@ def test_sft_truncation_keeps_a_counted_contiguous_slice(tokenizers, name, promp
     return
   assert len(enc.ids) <= max_tokens and enc.mask.any()
   m = len(enc.ids)
-  starts = [s for s in np.flatnonzero(full.ids[:n - m + 1] == enc.ids[0])
-            if np.array_equal(full.ids[s:s + m], enc.ids) and np.array_equal(full.mask[s:s + m], enc.mask)]
+  starts = [
+    s
+    for s in np.flatnonzero(full.ids[: n - m + 1] == enc.ids[0])
+    if np.array_equal(full.ids[s : s + m], enc.ids) and np.array_equal(full.mask[s : s + m], enc.mask)
+  ]
   assert starts, "the truncated example is not a slice of the full one"
   if mode == "right":
     assert starts[0] == 0
@@ -140,8 +170,7 @@ def test_sft_truncation_keeps_a_counted_contiguous_slice(tokenizers, name, promp
 
 
 @PROPS
-@given(turns=st.lists(st.tuples(st.sampled_from(["system", "user", "assistant"]), texts), max_size=6),
-       last=responses)
+@given(turns=st.lists(st.tuples(st.sampled_from(["system", "user", "assistant"]), texts), max_size=6), last=responses)
 def test_chat_mask_covers_exactly_the_assistant_turns(tokenizers, turns, last):
   messages = [{"role": r, "content": c} for r, c in turns] + [{"role": "assistant", "content": last}]
   if any(m["role"] == "assistant" and not m["content"].strip() for m in messages):
@@ -170,8 +199,9 @@ def test_empty_response_is_skipped_never_an_error(prompt, response):
 
 def encode_one_pair(tok, prompt, chosen, rejected, max_tokens, truncation=formats.Truncation()):
   stats = formats.FormatStats()
-  example = formats.to_preference_example({"prompt": prompt, "chosen": chosen, "rejected": rejected},
-                                          "prompt_chosen_rejected", "p.jsonl:1")
+  example = formats.to_preference_example(
+    {"prompt": prompt, "chosen": chosen, "rejected": rejected}, "prompt_chosen_rejected", "p.jsonl:1"
+  )
   out = formats.encode_preferences([example], tok, max_tokens, truncation, stats)
   assert len(out) + stats.skipped_too_long + stats.skipped_identical == 1 and stats.kept == len(out)
   return (out[0] if out else None), stats
@@ -198,8 +228,13 @@ def test_dpo_pair_shares_the_prompt_and_round_trips(tokenizers, name, prompt, ch
 
 @pytest.mark.parametrize("name", TOKENIZERS)
 @PROPS
-@given(prompt=st.one_of(texts, long_texts), chosen=st.one_of(responses, long_texts.filter(str.strip)),
-       rejected=responses, max_tokens=st.integers(2, 96), mode=st.sampled_from(formats.TRUNCATION_MODES))
+@given(
+  prompt=st.one_of(texts, long_texts),
+  chosen=st.one_of(responses, long_texts.filter(str.strip)),
+  rejected=responses,
+  max_tokens=st.integers(2, 96),
+  mode=st.sampled_from(formats.TRUNCATION_MODES),
+)
 def test_dpo_truncation_respects_the_budget_and_counts(tokenizers, name, prompt, chosen, rejected, max_tokens, mode):
   assume(chosen != rejected)
   tok = tokenizers[name]
@@ -218,7 +253,7 @@ def test_dpo_truncation_respects_the_budget_and_counts(tokenizers, name, prompt,
     return
   assert len(pair.prompt) + len(pair.chosen) <= max_tokens and len(pair.prompt) + len(pair.rejected) <= max_tokens
   assert len(pair.chosen) >= 1 and len(pair.rejected) >= 1
-  np.testing.assert_array_equal(pair.prompt, full.prompt[len(full.prompt) - len(pair.prompt):])  # oldest dropped
-  np.testing.assert_array_equal(pair.chosen, full.chosen[:len(pair.chosen)])  # responses cut at the end
-  np.testing.assert_array_equal(pair.rejected, full.rejected[:len(pair.rejected)])
+  np.testing.assert_array_equal(pair.prompt, full.prompt[len(full.prompt) - len(pair.prompt) :])  # oldest dropped
+  np.testing.assert_array_equal(pair.chosen, full.chosen[: len(pair.chosen)])  # responses cut at the end
+  np.testing.assert_array_equal(pair.rejected, full.rejected[: len(pair.rejected)])
   assert stats.truncated_prompt + stats.truncated_response >= 1

@@ -26,13 +26,27 @@ from modernlm_jax.model import (
 
 ATOL = 2e-5
 YNN_OFF = "--xla_cpu_experimental_ynn_fusion_type="
-MIXERS = {"ssm": lambda cfg: ssm.SelectiveSSM(cfg, chunk_size=8),
-          "rwkv": lambda cfg: rwkv.RWKVTimeMix(cfg, chunk_size=8, block_size=4)}
+MIXERS = {
+  "ssm": lambda cfg: ssm.SelectiveSSM(cfg, chunk_size=8),
+  "rwkv": lambda cfg: rwkv.RWKVTimeMix(cfg, chunk_size=8, block_size=4),
+}
 
 
 def small_cfg(**kw):
-  base = dict(vocab_size=61, max_len=64, n_layers=2, d_model=32, n_heads=4, d_ff=48, positions="none",
-              norm="rmsnorm", mlp="swiglu", use_bias=False, ssm_state=8, layer_pattern=("ssm", "rwkv"))
+  base = dict(
+    vocab_size=61,
+    max_len=64,
+    n_layers=2,
+    d_model=32,
+    n_heads=4,
+    d_ff=48,
+    positions="none",
+    norm="rmsnorm",
+    mlp="swiglu",
+    use_bias=False,
+    ssm_state=8,
+    layer_pattern=("ssm", "rwkv"),
+  )
   base.update(kw)
   return ModelConfig(**base)
 
@@ -43,8 +57,13 @@ def normal(rng, *shape):
 
 def random_scan_inputs(seed, B=2, T=29, H=2, P=4, N=3):
   rng = np.random.default_rng(seed)
-  return (normal(rng, B, T, H, P), -2.0 * jnp.asarray(rng.uniform(size=(B, T, H)), jnp.float32),
-          normal(rng, B, T, N), normal(rng, B, T, N), normal(rng, B, H, N, P))
+  return (
+    normal(rng, B, T, H, P),
+    -2.0 * jnp.asarray(rng.uniform(size=(B, T, H)), jnp.float32),
+    normal(rng, B, T, N),
+    normal(rng, B, T, N),
+    normal(rng, B, H, N, P),
+  )
 
 
 def packed_segments():
@@ -52,7 +71,6 @@ def packed_segments():
 
 
 class TestSSDRecurrence(chex.TestCase):
-
   @chex.variants(with_jit=True, without_jit=True)
   def test_chunked_equals_recurrent_with_resets_and_initial_state(self):
     x, a, b, c, s0 = random_scan_inputs(0)
@@ -73,13 +91,18 @@ class TestSSDRecurrence(chex.TestCase):
 def random_wkv_inputs(seed, B=2, T=29, H=2, K=4, decay_scale=2.0):
   rng = np.random.default_rng(seed)
   logw = jnp.maximum(-jnp.exp(decay_scale * normal(rng, B, T, H, K)), ssm.MIN_LOG_DECAY)
-  return (normal(rng, B, T, H, K), normal(rng, B, T, H, K), normal(rng, B, T, H, K), logw, normal(rng, H, K),
-          normal(rng, B, H, K, K))
+  return (
+    normal(rng, B, T, H, K),
+    normal(rng, B, T, H, K),
+    normal(rng, B, T, H, K),
+    logw,
+    normal(rng, H, K),
+    normal(rng, B, H, K, K),
+  )
 
 
 @pytest.mark.slow
 class TestWKVRecurrence(chex.TestCase):
-
   @chex.variants(with_jit=True, without_jit=True)
   def test_chunked_equals_recurrent_with_resets_and_initial_state(self):
     r, k, v, logw, u, s0 = random_wkv_inputs(2)
@@ -102,8 +125,10 @@ class TestWKVRecurrence(chex.TestCase):
     # bounds the agreement; ordinary decays (test above) agree to 1e-5.
     chex.assert_trees_all_close(o, o_ref, atol=1e-3, rtol=1e-3)
     if jax.default_backend() == "cpu" and YNN_OFF not in os.environ.get("XLA_FLAGS", ""):
-      pytest.skip("XLA:CPU's YNNPACK fusion (jaxlib 0.10.2) segfaults on this gradient with strong decays; "
-                  f"run with XLA_FLAGS={YNN_OFF} to check it")
+      pytest.skip(
+        "XLA:CPU's YNNPACK fusion (jaxlib 0.10.2) segfaults on this gradient with strong decays; "
+        f"run with XLA_FLAGS={YNN_OFF} to check it"
+      )
     grads = jax.jit(jax.grad(lambda *a: jnp.sum(chunked(*a) ** 2), argnums=(0, 1, 2, 3)))(r, k, v, logw)
     chex.assert_tree_all_finite(grads)
 
@@ -131,10 +156,12 @@ def mixer_case(kind):
   x = jnp.zeros((B, T, cfg.d_model))
   params = jax.jit(lambda x: module.init(init_key(5), x, positions_BT=None, segment_ids_BT=None, cache=None))(x)
   params = noisy(nn.meta.unbox(params["params"]), 6)
-  train_fn = jax.jit(lambda p, x, seg: module.apply({"params": p}, x, positions_BT=None, segment_ids_BT=seg,
-                                                     cache=None)[0])
-  decode_fn = lambda p, x, pos, cache: module.apply({"params": p}, x, positions_BT=pos, segment_ids_BT=None,
-                                                    cache=cache)
+  train_fn = jax.jit(
+    lambda p, x, seg: module.apply({"params": p}, x, positions_BT=None, segment_ids_BT=seg, cache=None)[0]
+  )
+  decode_fn = lambda p, x, pos, cache: module.apply(
+    {"params": p}, x, positions_BT=pos, segment_ids_BT=None, cache=cache
+  )
   return cfg, module, params, train_fn, decode_fn
 
 
@@ -155,7 +182,6 @@ KINDS = parameterized.parameters("ssm", "rwkv")
 
 @pytest.mark.slow
 class TestMixerModule(chex.TestCase):
-
   @KINDS
   def test_training_form_equals_token_by_token_decoding(self, kind):
     cfg, _, params, train_fn, decode_fn = mixer_case(kind)
@@ -163,7 +189,7 @@ class TestMixerModule(chex.TestCase):
     y_train = train_fn(params, x, ONE_DOC)
     step, cache, ys = jax.jit(decode_fn), mixers.init_mixer_cache(cfg, kind, B), []
     for t in range(T):
-      y_t, cache = step(params, x[:, t:t + 1], arange_positions(1, t), cache)
+      y_t, cache = step(params, x[:, t : t + 1], arange_positions(1, t), cache)
       ys.append(y_t)
     chex.assert_trees_all_close(jnp.concatenate(ys, axis=1), y_train, atol=ATOL, rtol=1e-4)
 
@@ -190,11 +216,16 @@ class TestMixerModule(chex.TestCase):
     y_ref, cache_ref = decode(params, x, arange_positions(n), mixers.init_mixer_cache(cfg, kind, B))
     # Row 0 left-padded; row 1 padded in the middle and at the end. Pads carry garbage inputs.
     junk = inputs(cfg.d_model, seed=8, t=T - n)
-    x_pad = jnp.stack([jnp.concatenate([junk[0], x[0]]),
-                       jnp.concatenate([x[1, :4], junk[1, :5], x[1, 4:], junk[1, 5:]])])
+    x_pad = jnp.stack(
+      [jnp.concatenate([junk[0], x[0]]), jnp.concatenate([x[1, :4], junk[1, :5], x[1, 4:], junk[1, 5:]])]
+    )
     pos = np.arange(n)
-    pos_pad = jnp.asarray(np.stack([np.concatenate([np.full(11, -1), pos]),
-                                    np.concatenate([pos[:4], np.full(5, -1), pos[4:], np.full(6, -1)])]), jnp.int32)
+    pos_pad = jnp.asarray(
+      np.stack(
+        [np.concatenate([np.full(11, -1), pos]), np.concatenate([pos[:4], np.full(5, -1), pos[4:], np.full(6, -1)])]
+      ),
+      jnp.int32,
+    )
     y_pad, cache_pad = decode(params, x_pad, pos_pad, mixers.init_mixer_cache(cfg, kind, B))
     chex.assert_trees_all_close(cache_pad, cache_ref, atol=ATOL, rtol=1e-4)
     chex.assert_trees_all_close(y_pad[0, 11:], y_ref[0], atol=ATOL, rtol=1e-4)
@@ -218,7 +249,7 @@ class TestMixerModule(chex.TestCase):
     seg = jnp.asarray(np.repeat([[1] * cut + [2] * (T - cut)], B, axis=0), jnp.int32)
     y_packed = train_fn(params, x, seg)
     # Each document alone, at the start of its own row (zeros after it cannot matter: the form is causal).
-    doc2_alone = train_fn(params, jnp.pad(x[:, cut:], ((0, 0), (0, cut), (0, 0))), ONE_DOC)[:, :T - cut]
+    doc2_alone = train_fn(params, jnp.pad(x[:, cut:], ((0, 0), (0, cut), (0, 0))), ONE_DOC)[:, : T - cut]
     doc1_alone = train_fn(params, jnp.pad(x[:, :cut], ((0, 0), (0, T - cut), (0, 0))), ONE_DOC)[:, :cut]
     chex.assert_trees_all_close(y_packed[:, cut:], doc2_alone, atol=ATOL, rtol=1e-4)
     chex.assert_trees_all_close(y_packed[:, :cut], doc1_alone, atol=ATOL, rtol=1e-4)
@@ -241,7 +272,6 @@ class TestMixerModule(chex.TestCase):
 
 
 class TestConfigAndFamily:
-
   def test_bad_head_counts_name_the_fix(self):
     with pytest.raises(ValueError, match="ssm_heads"):
       ssm.ssm_dims(small_cfg(ssm_heads=5))
@@ -262,22 +292,25 @@ class TestConfigAndFamily:
     cfg = small_cfg()
     specs = param_logical_axes(cfg)
     shapes = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
-    for spec, shape in zip(jax.tree.leaves(specs, is_leaf=lambda s: isinstance(s, jax.sharding.PartitionSpec)),
-                           jax.tree.leaves(shapes)):
+    for spec, shape in zip(
+      jax.tree.leaves(specs, is_leaf=lambda s: isinstance(s, jax.sharding.PartitionSpec)), jax.tree.leaves(shapes)
+    ):
       assert len(spec) == len(shape.shape) and all(isinstance(n, str) for n in spec), (spec, shape)
 
 
 @pytest.mark.slow
 class TestFullModel:
-
   @staticmethod
   @functools.lru_cache(maxsize=None)
   def tiny_hybrid():
     # The hybrid-tiny preset with one attention layer swapped in, so recurrent and KV caches decode together.
     cfg = scales.preset("hybrid-tiny").replace(layer_pattern=("ssm", "rwkv", "attn", "ssm"), positions="rope")
     params = noisy(jax.jit(lambda: init_params(cfg, init_key(10)))(), 11, scale=0.05)
-    return cfg, params, jax.jit(lambda p, tok, pos, seg: LanguageModel(cfg).apply({"params": p}, tok, positions=pos,
-                                                                                   segment_ids=seg))
+    return (
+      cfg,
+      params,
+      jax.jit(lambda p, tok, pos, seg: LanguageModel(cfg).apply({"params": p}, tok, positions=pos, segment_ids=seg)),
+    )
 
   @pytest.mark.slow
   def test_token_by_token_decoding_equals_full_forward(self):
@@ -285,11 +318,12 @@ class TestFullModel:
     n = 20
     tokens = jnp.asarray(np.random.default_rng(12).integers(0, cfg.vocab_size, (B, n)), jnp.int32)
     logits = forward(params, tokens, arange_positions(n), jnp.ones((B, n), jnp.int32))
-    step = jax.jit(lambda tok, pos, cache: LanguageModel(cfg).apply({"params": params}, tok, positions=pos,
-                                                                    cache=cache))
+    step = jax.jit(
+      lambda tok, pos, cache: LanguageModel(cfg).apply({"params": params}, tok, positions=pos, cache=cache)
+    )
     cache, out = init_cache(cfg, B, n), []
     for t in range(n):
-      l_t, cache = step(tokens[:, t:t + 1], arange_positions(1, t), cache)
+      l_t, cache = step(tokens[:, t : t + 1], arange_positions(1, t), cache)
       out.append(l_t)
     chex.assert_trees_all_close(jnp.concatenate(out, axis=1), logits, atol=1e-4, rtol=1e-4)
 
@@ -301,7 +335,7 @@ class TestFullModel:
     pos = jnp.asarray(np.repeat([list(range(cut)) + list(range(n - cut))], B, axis=0), jnp.int32)
     packed = forward(params, tokens, pos, seg)
     alone = forward(params, jnp.pad(tokens[:, cut:], ((0, 0), (0, cut))), arange_positions(n), jnp.ones_like(seg))
-    alone = alone[:, :n - cut]
+    alone = alone[:, : n - cut]
     chex.assert_trees_all_close(packed[:, cut:], alone, atol=1e-4, rtol=1e-4)
 
   @pytest.mark.slow
@@ -309,8 +343,12 @@ class TestFullModel:
     cfg = small_cfg(dtype="bfloat16")
     params = jax.jit(lambda: init_params(cfg, init_key(14)))()
     tokens = jnp.asarray(np.random.default_rng(15).integers(0, cfg.vocab_size, (1, 150)), jnp.int32)
-    both = jax.jit(lambda p, t: (LanguageModel(cfg).apply({"params": p}, t),
-                                 LanguageModel(cfg.replace(dtype="float32")).apply({"params": p}, t)))
+    both = jax.jit(
+      lambda p, t: (
+        LanguageModel(cfg).apply({"params": p}, t),
+        LanguageModel(cfg.replace(dtype="float32")).apply({"params": p}, t),
+      )
+    )
     logits, logits32 = both(params, tokens)  # 150 tokens: chunks of 64, the last one partial
     chex.assert_shape(logits, (1, 150, cfg.vocab_size))
     assert logits.dtype == jnp.float32

@@ -96,8 +96,10 @@ def test_live_holder_is_refused_by_name(tmp_path):
   holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
   try:
     _write_lock(tmp_path, pid=holder.pid, start_ticks=workdir_lock._process_start_ticks(holder.pid))
-    with pytest.raises(workdir_lock.WorkdirLockedError,
-                       match=rf"is in use by another run \(PID {holder.pid} on host '{socket.gethostname()}'"):
+    with pytest.raises(
+      workdir_lock.WorkdirLockedError,
+      match=rf"is in use by another run \(PID {holder.pid} on host '{socket.gethostname()}'",
+    ):
       workdir_lock.acquire(tmp_path)
     config = tiny_config(steps=2)
     with pytest.raises(workdir_lock.WorkdirLockedError):
@@ -186,8 +188,11 @@ def test_changed_schedule_is_refused_listing_the_differences(four_steps, tmp_pat
   workdir = _copy(src, tmp_path / "run")
   changed = config.copy_and_resolve_references()
   changed.train.update(dict(steps=8, lr=1e-3))
-  with pytest.raises(ckpt_lib.CheckpointError, match=r"other optimizer/schedule settings \(train\.steps: 4 -> 8, "
-                     r"train\.lr: 0\.003 -> 0\.001\).*train\.allow_schedule_change=True"):
+  with pytest.raises(
+    ckpt_lib.CheckpointError,
+    match=r"other optimizer/schedule settings \(train\.steps: 4 -> 8, "
+    r"train\.lr: 0\.003 -> 0\.001\).*train\.allow_schedule_change=True",
+  ):
     train(changed, workdir, synthetic_stage(changed))
   changed.train.allow_schedule_change = True
   losses, _ = _losses(changed, workdir)
@@ -222,8 +227,11 @@ def test_failed_background_save_stops_the_run_at_the_next_log_step(tmp_path, mon
   monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, "finalize", disk_full)
   config = tiny_config(steps=12, checkpoint_every=4, mesh=(1, 1, 1), async_checkpoint=True)
   seen = []
-  with pytest.raises(ckpt_lib.CheckpointError, match=r"saving a checkpoint into .*checkpoints failed \(.*No space "
-                     r"left on device.*free space there: [0-9.]+ GiB.*Free disk space"):
+  with pytest.raises(
+    ckpt_lib.CheckpointError,
+    match=r"saving a checkpoint into .*checkpoints failed \(.*No space "
+    r"left on device.*free space there: [0-9.]+ GiB.*Free disk space",
+  ):
     train(config, tmp_path, synthetic_stage(config), on_step=lambda m: (seen.append(m["step"]), time.sleep(0.3)))
   assert max(seen) < 8, seen  # noticed within a few steps of the failed save, not at the next checkpoint
 

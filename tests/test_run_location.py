@@ -29,10 +29,13 @@ def test_locations_of_a_run_its_checkpoints_a_step_and_an_export(tmp_path):
   assert loc.exported and loc.params_dir == exported and loc.run_dir is None
 
 
-@pytest.mark.parametrize("key,expected", [
+@pytest.mark.parametrize(
+  "key,expected",
+  [
     ("init_from", r"init_from='.*/nope' does not exist; point it at a run directory"),
     ("checkpoint", r"checkpoint '.*/nope' does not exist; pass --config.checkpoint=<run directory>"),
-])
+  ],
+)
 def test_missing_path_names_the_setting_and_the_fix(tmp_path, key, expected):
   with pytest.raises(ckpt_lib.CheckpointError, match=expected):
     ckpt_lib.locate_run(tmp_path / "nope", key=key)

@@ -42,8 +42,10 @@ def _samples() -> dict[str, np.ndarray]:
 def scores():
   fn = jax.jit(sigreg_real)
   old = jax.jit(_standardising_sigreg)
-  return {name: (float(fn(jnp.asarray(x, jnp.float32), KEY)), float(old(jnp.asarray(x, jnp.float32), KEY)))
-          for name, x in _samples().items()}
+  return {
+    name: (float(fn(jnp.asarray(x, jnp.float32), KEY)), float(old(jnp.asarray(x, jnp.float32), KEY)))
+    for name, x in _samples().items()
+  }
 
 
 def test_isotropic_gaussian_scores_near_zero(scores):

@@ -33,12 +33,21 @@ STEPS = 200
 BATCH = 16
 
 
-
-
 def train_tiny_rope_model():
   tok = ByteTokenizer()
-  cfg = ModelConfig(vocab_size=320, max_len=L, n_layers=2, d_model=64, n_heads=4, d_ff=128, family="modern",
-                    positions="rope", norm="rmsnorm", mlp="swiglu", use_bias=False)
+  cfg = ModelConfig(
+    vocab_size=320,
+    max_len=L,
+    n_layers=2,
+    d_model=64,
+    n_heads=4,
+    d_ff=128,
+    family="modern",
+    positions="rope",
+    norm="rmsnorm",
+    mlp="swiglu",
+    use_bias=False,
+  )
   stream = np.concatenate([np.asarray(tok.encode(d) + [tok.eos_id], np.int32) for d in builtin_split("train")])
   model = LanguageModel(cfg)
   opt = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, 3e-3, 20, STEPS, 3e-4), weight_decay=0.01)
@@ -59,7 +68,7 @@ def train_tiny_rope_model():
   losses = []
   for _ in range(STEPS):
     starts = rng.integers(0, len(stream) - L - 1, BATCH)
-    rows = np.stack([stream[s:s + L + 1] for s in starts])
+    rows = np.stack([stream[s : s + L + 1] for s in starts])
     params, opt_state, loss = step(params, opt_state, jnp.asarray(rows))
     losses.append(float(loss))
   return cfg, params, tok, losses
@@ -75,7 +84,7 @@ def test_sinks_keep_perplexity_past_training_length():
   assert np.mean(losses[-20:]) < np.mean(losses[:20]) - 1.0, "the model did not learn; the test would mean nothing"
 
   val = [tok.encode(d) for d in builtin_split("validation")]
-  texts = [d[:4 * L] for d in val if len(d) >= 4 * L][:4]
+  texts = [d[: 4 * L] for d in val if len(d) >= 4 * L][:4]
   assert len(texts) >= 2
   dense_apply = jax.jit(LanguageModel(cfg).apply)
   results = {"sinks": [], "window": [], "dense": []}
@@ -88,22 +97,26 @@ def test_sinks_keep_perplexity_past_training_length():
   nll = {k: np.stack(v) for k, v in results.items()}  # [texts, 4L-1]
 
   # Within the first L tokens all three see exactly the same attention.
-  np.testing.assert_allclose(nll["sinks"][:, :L - 1], nll["dense"][:, :L - 1], rtol=1e-3, atol=1e-3)
-  np.testing.assert_allclose(nll["window"][:, :L - 1], nll["dense"][:, :L - 1], rtol=1e-3, atol=1e-3)
+  np.testing.assert_allclose(nll["sinks"][:, : L - 1], nll["dense"][:, : L - 1], rtol=1e-3, atol=1e-3)
+  np.testing.assert_allclose(nll["window"][:, : L - 1], nll["dense"][:, : L - 1], rtol=1e-3, atol=1e-3)
   # In-length reference: the same text cut into independent L-token windows, scored as in training.
-  windows = np.asarray([ids[s:s + L] for ids in texts for s in range(0, 4 * L, L)], np.int32)
+  windows = np.asarray([ids[s : s + L] for ids in texts for s in range(0, 4 * L, L)], np.int32)
   logp = jax.nn.log_softmax(dense_apply({"params": params}, jnp.asarray(windows))[:, :-1], axis=-1)
   in_len_nll = -np.take_along_axis(np.asarray(logp), windows[:, 1:, None], axis=-1)[..., 0]
   in_len = ppl(in_len_nll)
-  report = {k: {"ppl_4L": ppl(v), "ppl_last_L": ppl(v[:, 3 * L - 1:])} for k, v in nll.items()}
-  print(f"\nbyte-level RoPE model, L={L}, {STEPS} steps (final train loss {np.mean(losses[-20:]):.3f}); "
-        f"in-length ppl (L-token windows) {in_len:.3f}; first L tokens only {ppl(nll['dense'][:, :L - 1]):.3f}")
+  report = {k: {"ppl_4L": ppl(v), "ppl_last_L": ppl(v[:, 3 * L - 1 :])} for k, v in nll.items()}
+  print(
+    f"\nbyte-level RoPE model, L={L}, {STEPS} steps (final train loss {np.mean(losses[-20:]):.3f}); "
+    f"in-length ppl (L-token windows) {in_len:.3f}; first L tokens only {ppl(nll['dense'][:, : L - 1]):.3f}"
+  )
   for k, r in report.items():
-    print(f"  {k:>6}: ppl over 4L {r['ppl_4L']:.3f} ({r['ppl_4L'] / in_len:.2f}x), "
-          f"over tokens 3L..4L {r['ppl_last_L']:.3f} ({r['ppl_last_L'] / in_len:.2f}x)")
+    print(
+      f"  {k:>6}: ppl over 4L {r['ppl_4L']:.3f} ({r['ppl_4L'] / in_len:.2f}x), "
+      f"over tokens 3L..4L {r['ppl_last_L']:.3f} ({r['ppl_last_L'] / in_len:.2f}x)"
+    )
   assert abs(report["sinks"]["ppl_4L"] / in_len - 1) <= 0.2
   assert report["sinks"]["ppl_last_L"] <= 1.2 * in_len
 
   # Generation streams far past the training length with sinks and stays finite and in-vocabulary.
-  out = generate(params, cfg, [texts[0][:L // 2]], max_new_tokens=4 * L, stream_sinks=SINKS, temperature=0.0)[0]
+  out = generate(params, cfg, [texts[0][: L // 2]], max_new_tokens=4 * L, stream_sinks=SINKS, temperature=0.0)[0]
   assert len(out) == 4 * L and all(0 <= t < cfg.vocab_size for t in out)

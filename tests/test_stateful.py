@@ -18,9 +18,20 @@ VOCAB = 53
 @functools.lru_cache(maxsize=None)
 def model(kind: str):
   pattern = {"hybrid": ("ssm", "rwkv"), "attn": ("attn", "attn")}[kind]
-  cfg = ModelConfig(vocab_size=VOCAB, max_len=48, n_layers=2, d_model=32, n_heads=4, d_ff=48, norm="rmsnorm",
-                    mlp="swiglu", use_bias=False, ssm_state=8, layer_pattern=pattern,
-                    positions="none" if kind == "hybrid" else "rope")
+  cfg = ModelConfig(
+    vocab_size=VOCAB,
+    max_len=48,
+    n_layers=2,
+    d_model=32,
+    n_heads=4,
+    d_ff=48,
+    norm="rmsnorm",
+    mlp="swiglu",
+    use_bias=False,
+    ssm_state=8,
+    layer_pattern=pattern,
+    positions="none" if kind == "hybrid" else "rope",
+  )
   params = jax.jit(lambda: init_params(cfg, jax.random.key(0, impl="rbg")))()
   rng = np.random.default_rng(1)  # random weights on top of init, so the state matters for every output
   params = jax.tree.map(lambda p: p + 0.2 * jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
@@ -77,7 +88,7 @@ def test_sampling_stops_and_snapshots_branch_the_conversation():
   assert a == b and all(0 <= t < VOCAB for t in a)
   session.restore(snap)
   stopped = session.generate(6, temperature=1.0, top_k=5, seed=7, stop_ids=(a[1],))
-  assert stopped == a[:a.index(a[1]) + 1]
+  assert stopped == a[: a.index(a[1]) + 1]
 
 
 def test_attention_families_are_bounded_recurrent_ones_are_not():

@@ -37,7 +37,11 @@ def vowel_task():
 
 def test_builtin_tasks_are_registered_with_their_headline():
   assert {n: t.headline for n, t in TASKS.items()} == {
-      "lambada": "acc", "hellaswag": "acc_norm", "sst2": "acc", "gsm8k": "exact_match_strict"}
+    "lambada": "acc",
+    "hellaswag": "acc_norm",
+    "sst2": "acc",
+    "gsm8k": "exact_match_strict",
+  }
   assert fewshot.GENERATION_TASKS == {"gsm8k": TASKS["gsm8k"].run}
   with pytest.raises(ValueError, match="needs must be"):
     register_task(Task("bad", ("x",), run_vowel, 0, ("acc",), needs="magic"))
@@ -46,8 +50,16 @@ def test_builtin_tasks_are_registered_with_their_headline():
 def test_a_new_task_is_one_function_and_one_entry(vowel_task, tmp_path):
   (tmp_path / "vowel").mkdir()
   (tmp_path / "vowel" / "items.tsv").write_text("Say a:\ta\nSay e:\te\nSay a again:\ta\n")
-  res = suite.run_suite("quick", forward_fn=bigram_forward, generate_fn=None, tokenizer=ByteTokenizer(),
-                        context=64, data_root=tmp_path, progress=None, ppl_texts={})
+  res = suite.run_suite(
+    "quick",
+    forward_fn=bigram_forward,
+    generate_fn=None,
+    tokenizer=ByteTokenizer(),
+    context=64,
+    data_root=tmp_path,
+    progress=None,
+    ppl_texts={},
+  )
   assert res["tasks"]["vowel"]["n"] == 3 and 0.0 <= res["tasks"]["vowel"]["vowel_acc"] <= 1.0
   assert "| vowel | vowel_acc |" in suite.to_markdown(res)
   assert suite.comparison_entry(res)["tasks"]["vowel"] == res["tasks"]["vowel"]["vowel_acc"]

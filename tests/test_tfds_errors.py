@@ -10,7 +10,9 @@ tfds = pytest.importorskip("tensorflow_datasets")
 
 def test_unprepared_dataset_names_the_build_command_and_data_dir(tmp_path, monkeypatch):
   monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "empty"))
-  with pytest.raises(ValueError, match=r"not prepared in data_dir .*empty.*`tfds build tiny_shakespeare --file_format=array_record`") as info:
+  with pytest.raises(
+    ValueError, match=r"not prepared in data_dir .*empty.*`tfds build tiny_shakespeare --file_format=array_record`"
+  ) as info:
     load_documents("tfds:tiny_shakespeare", "train")
   assert "TFDS_DATA_DIR" in str(info.value)
   assert not isinstance(info.value.__cause__, ValueError)  # it wraps TFDS's own KeyError / not-found error

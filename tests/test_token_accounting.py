@@ -29,9 +29,14 @@ class ScheduledBatches:
     rng = np.random.default_rng(step)
     tokens = rng.integers(1, self.vocab, (self.batch_size, T + 1)).astype(np.int32)
     seg = np.ones((self.batch_size, T), np.int32)
-    seg[0, T // 2 + step:] = 0  # a different amount of padding every step
-    return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "positions": np.tile(np.arange(T, dtype=np.int32), (self.batch_size, 1)),
-            "segment_ids": seg, "loss_mask": (seg > 0).astype(np.float32)}
+    seg[0, T // 2 + step :] = 0  # a different amount of padding every step
+    return {
+      "inputs": tokens[:, :-1],
+      "targets": tokens[:, 1:],
+      "positions": np.tile(np.arange(T, dtype=np.int32), (self.batch_size, 1)),
+      "segment_ids": seg,
+      "loss_mask": (seg > 0).astype(np.float32),
+    }
 
   def __next__(self):
     b = self.batch_at(self.step)
@@ -65,8 +70,12 @@ def _real_tokens(c, steps: int) -> list[int]:
 def test_batch_tokens_counts_non_padding_and_pair_batches():
   b = {"inputs": np.zeros((2, 8), np.int32), "segment_ids": np.array([[1] * 8, [1] * 3 + [0] * 5])}
   assert batch_tokens(b) == (11, 8)
-  pair = {"chosen_inputs": np.zeros((1, 4)), "rejected_inputs": np.zeros((1, 4)), "chosen_segment_ids": np.ones((1, 4)),
-          "rejected_segment_ids": np.array([[1, 1, 0, 0]])}  # a DPO batch has no plain "inputs"
+  pair = {
+    "chosen_inputs": np.zeros((1, 4)),
+    "rejected_inputs": np.zeros((1, 4)),
+    "chosen_segment_ids": np.ones((1, 4)),
+    "rejected_segment_ids": np.array([[1, 1, 0, 0]]),
+  }  # a DPO batch has no plain "inputs"
   assert batch_tokens(pair) == (6, 4)
   assert batch_tokens({"inputs": np.zeros((3, 5))}) == (15, 5)
 

@@ -23,8 +23,14 @@ def build(tmp_path, tokenizer=None, calls=None):
       calls.append(1)
     return DOCS
 
-  return token_cache.load_or_build(fingerprint="fp-1", split="train", tokenizer=tokenizer or ByteTokenizer(),
-                                   documents=documents, cache_dir=str(tmp_path / "cache"), name="docs")
+  return token_cache.load_or_build(
+    fingerprint="fp-1",
+    split="train",
+    tokenizer=tokenizer or ByteTokenizer(),
+    documents=documents,
+    cache_dir=str(tmp_path / "cache"),
+    name="docs",
+  )
 
 
 @pytest.fixture
@@ -69,12 +75,12 @@ def out_of_range_in_old_entry(folder):
 
 
 DAMAGE = {  # damage -> what the warning must say
-    "truncated_tokens_bin": (truncate_tokens, r"tokens\.bin has \d+ bytes, expected \d+ .*truncated"),
-    "deleted_doc_offsets": (delete_offsets, r"doc_offsets\.npy is missing"),
-    "valid_but_wrong_id": (change_one_id, r"content fingerprint mismatch"),
-    "garbage_meta_json": (garbage_meta, r"meta\.json is unreadable"),
-    "other_tokenizer_in_meta": (other_tokenizer, r"holds tokens of tokenizer 'sentencepiece-257-abc', not 'bytes-v1'"),
-    "out_of_range_id": (out_of_range_in_old_entry, r"holds id 300, outside the tokenizer's vocabulary \[0, 257\)"),
+  "truncated_tokens_bin": (truncate_tokens, r"tokens\.bin has \d+ bytes, expected \d+ .*truncated"),
+  "deleted_doc_offsets": (delete_offsets, r"doc_offsets\.npy is missing"),
+  "valid_but_wrong_id": (change_one_id, r"content fingerprint mismatch"),
+  "garbage_meta_json": (garbage_meta, r"meta\.json is unreadable"),
+  "other_tokenizer_in_meta": (other_tokenizer, r"holds tokens of tokenizer 'sentencepiece-257-abc', not 'bytes-v1'"),
+  "out_of_range_id": (out_of_range_in_old_entry, r"holds id 300, outside the tokenizer's vocabulary \[0, 257\)"),
 }
 
 

@@ -18,10 +18,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def tracker_env(tmp_path):
-  return {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DISABLE_GIT": "true",
-          "WANDB_CONFIG_DIR": str(tmp_path / "wandb_config"), "WANDB_CACHE_DIR": str(tmp_path / "wandb_cache"),
-          "TRACKIO_DIR": str(tmp_path / "trackio"), "TRACKIO_PROJECT": "modernlm_test", "HF_HUB_OFFLINE": "1",
-          "JAX_PLATFORMS": "cpu"}
+  return {
+    **os.environ,
+    "WANDB_MODE": "offline",
+    "WANDB_SILENT": "true",
+    "WANDB_DISABLE_GIT": "true",
+    "WANDB_CONFIG_DIR": str(tmp_path / "wandb_config"),
+    "WANDB_CACHE_DIR": str(tmp_path / "wandb_cache"),
+    "TRACKIO_DIR": str(tmp_path / "trackio"),
+    "TRACKIO_PROJECT": "modernlm_test",
+    "HF_HUB_OFFLINE": "1",
+    "JAX_PLATFORMS": "cpu",
+  }
 
 
 def _wandb_records(path: Path):
@@ -36,11 +44,11 @@ def _wandb_records(path: Path):
     if left < 7:
       pos += left
       continue
-    _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+    _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
     if length == 0 and kind == 0:
       pos += left
       continue
-    chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+    chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
     pending = chunk if kind in (1, 2) else pending + chunk
     if kind in (1, 4):
       record = pb.Record()
@@ -66,11 +74,14 @@ def wandb_run(workdir: Path) -> tuple[list[dict], dict, dict]:
 
 
 def trackio_logs(tmp_path, run_name: str) -> tuple[list[dict], dict]:
-  code = ("import json\nfrom trackio.sqlite_storage import SQLiteStorage as S\n"
-          f"print(json.dumps([S.get_logs('modernlm_test', {run_name!r}), S.get_run_config('modernlm_test', "
-          f"{run_name!r})], default=str))")
-  res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                       env=tracker_env(tmp_path))
+  code = (
+    "import json\nfrom trackio.sqlite_storage import SQLiteStorage as S\n"
+    f"print(json.dumps([S.get_logs('modernlm_test', {run_name!r}), S.get_run_config('modernlm_test', "
+    f"{run_name!r})], default=str))"
+  )
+  res = subprocess.run(
+    [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=tracker_env(tmp_path)
+  )
   assert res.returncode == 0, res.stderr[-2000:]
   logs, config = json.loads(res.stdout.strip().splitlines()[-1])
   return logs, config or {}
@@ -101,8 +112,9 @@ def test_metric_writer_feeds_wandb_offline_and_a_local_trackio_project(tmp_path)
       log_sample(Path({str(workdir)!r}), "Once upon a time there was", 3)
       """)
   (workdir).mkdir()
-  res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                       env=tracker_env(tmp_path), cwd=REPO)
+  res = subprocess.run(
+    [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=tracker_env(tmp_path), cwd=REPO
+  )
   assert res.returncode == 0, res.stderr[-3000:]
   history, summary, config = wandb_run(workdir)
   assert [row["loss"] for row in history] == [4.0, 3.0, 2.0] and history[-1]["val_loss"] == 2.5
@@ -119,9 +131,11 @@ def test_metric_writer_feeds_wandb_offline_and_a_local_trackio_project(tmp_path)
 
 
 def test_missing_tracker_package_is_a_clear_error(tmp_path):
-  code = ("import sys; sys.modules['wandb'] = None\nfrom pathlib import Path\n"
-          "from modernlm_jax.train.metrics import MetricWriter\n"
-          f"MetricWriter(Path({str(tmp_path)!r}), tensorboard=False, trackers='wandb')")
+  code = (
+    "import sys; sys.modules['wandb'] = None\nfrom pathlib import Path\n"
+    "from modernlm_jax.train.metrics import MetricWriter\n"
+    f"MetricWriter(Path({str(tmp_path)!r}), tensorboard=False, trackers='wandb')"
+  )
   res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
   assert res.returncode != 0 and "pip install -e '.[wandb]'" in res.stderr
 
@@ -131,10 +145,22 @@ def test_main_job_logs_the_same_scalars_config_and_sample_to_every_tracker(tmp_p
   pytest.importorskip("wandb")
   pytest.importorskip("trackio")
   run = tmp_path / "tiny-run"
-  cmd = [sys.executable, "-m", "modernlm_jax.main", f"--config={REPO}/configs/pretrain.py", f"--workdir={run}",
-         "--config.train.trackers=tensorboard,wandb,trackio", "--config.train.steps=10", "--config.train.log_every=5",
-         "--config.train.eval_every=10", "--config.train.checkpoint_every=10", "--config.train.batch_size=8",
-         "--config.data.seq_len=64", "--config.train.eval_batches=1", "--config.sample.max_new_tokens=4"]
+  cmd = [
+    sys.executable,
+    "-m",
+    "modernlm_jax.main",
+    f"--config={REPO}/configs/pretrain.py",
+    f"--workdir={run}",
+    "--config.train.trackers=tensorboard,wandb,trackio",
+    "--config.train.steps=10",
+    "--config.train.log_every=5",
+    "--config.train.eval_every=10",
+    "--config.train.checkpoint_every=10",
+    "--config.train.batch_size=8",
+    "--config.data.seq_len=64",
+    "--config.train.eval_batches=1",
+    "--config.sample.max_new_tokens=4",
+  ]
   res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO, env=tracker_env(tmp_path))
   assert res.returncode == 0, res.stderr[-3000:]
   rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

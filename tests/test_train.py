@@ -53,7 +53,7 @@ def test_exact_resume(tmp_path):
   train(straight, tmp_path / "b", synthetic_stage(straight), stop_at=3)
   assert ckpt_lib.Checkpointer(tmp_path / "b" / "checkpoints").latest_step() == 3
   losses_b2, out_b = run_losses(straight, tmp_path / "b")  # restores step 3 + data position, runs 3 more
-  np.testing.assert_array_equal(losses_a[3:], losses_b2[:len(losses_a[3:])])
+  np.testing.assert_array_equal(losses_a[3:], losses_b2[: len(losses_a[3:])])
   assert out_a["loss"] == out_b["loss"]
   chex.assert_trees_all_equal(jax.device_get(out_a["params"]), jax.device_get(out_b["params"]))
 
@@ -92,8 +92,13 @@ def test_overfits_a_tiny_fixed_batch(family):
   step = jax.jit(make_train_step(make_objective(cfg), opt, learning_rate_schedule(cfg.train)))
   rng = np.random.default_rng(0)
   seq = rng.integers(0, 64, size=(4, 17)).astype(np.int32)  # random tokens: only memorisation lowers the loss
-  batch = {"inputs": seq[:, :-1], "targets": seq[:, 1:], "positions": np.tile(np.arange(16, dtype=np.int32), (4, 1)),
-           "segment_ids": np.ones((4, 16), np.int32), "loss_mask": np.ones((4, 16), np.float32)}
+  batch = {
+    "inputs": seq[:, :-1],
+    "targets": seq[:, 1:],
+    "positions": np.tile(np.arange(16, dtype=np.int32), (4, 1)),
+    "segment_ids": np.ones((4, 16), np.int32),
+    "loss_mask": np.ones((4, 16), np.float32),
+  }
   state = create_state(model_cfg, opt, 0)
   first = None
   for _ in range(150):
@@ -118,8 +123,9 @@ class PoisonedBatches(SyntheticBatches):
 
 def _poisoned_stage(cfg, bad):
   stage = synthetic_stage(cfg)
-  stage.train_iter = PoisonedBatches(bad, batch_size=cfg.train.batch_size, seq_len=cfg.data.seq_len,
-                                     vocab_size=cfg.model.vocab_size)
+  stage.train_iter = PoisonedBatches(
+    bad, batch_size=cfg.train.batch_size, seq_len=cfg.data.seq_len, vocab_size=cfg.model.vocab_size
+  )
   return stage
 
 
@@ -130,8 +136,12 @@ def test_nonfinite_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path):
     train(cfg, tmp_path, _poisoned_stage(cfg, bad=4))
   ck = ckpt_lib.Checkpointer(tmp_path / "checkpoints")
   assert ck.latest_step() == 4
-  state_tree = ck.manager.restore(4, args=__import__("orbax.checkpoint").checkpoint.args.Composite(
-      state=__import__("orbax.checkpoint").checkpoint.args.StandardRestore()))["state"]
+  state_tree = ck.manager.restore(
+    4,
+    args=__import__("orbax.checkpoint").checkpoint.args.Composite(
+      state=__import__("orbax.checkpoint").checkpoint.args.StandardRestore()
+    ),
+  )["state"]
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(state_tree["params"]))
 
 
@@ -153,8 +163,9 @@ def test_nonfinite_guard_keeps_state_only_when_asked():
   leaves = lambda s: jax.tree_util.tree_leaves(s.params)
   for guard in (True, False):
     state = create_state(model_cfg, opt, 0)
-    new, m = jax.jit(make_train_step(make_objective(cfg), opt, learning_rate_schedule(cfg.train),
-                                     guard_nonfinite=guard))(state, bad)
+    new, m = jax.jit(
+      make_train_step(make_objective(cfg), opt, learning_rate_schedule(cfg.train), guard_nonfinite=guard)
+    )(state, bad)
     assert not bool(m["finite"]) and int(new.skipped) == 1
     kept = all(bool(jnp.array_equal(a, b)) for a, b in zip(leaves(new), leaves(state)))
     assert kept == guard
@@ -182,8 +193,18 @@ def test_batch_not_divisible_and_mesh_too_large():
 
 
 def test_unknown_config_key_lists_valid_keys(tmp_path):
-  proc = subprocess.run([sys.executable, "-m", "modernlm_jax.main", "--config=configs/pretrain.py",
-                         f"--workdir={tmp_path}", "--config.train.stepz=3"], capture_output=True, text=True,
-                        timeout=120)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "modernlm_jax.main",
+      "--config=configs/pretrain.py",
+      f"--workdir={tmp_path}",
+      "--config.train.stepz=3",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert proc.returncode != 0
   assert "stepz" in proc.stderr and "steps" in proc.stderr  # ml_collections names the closest valid keys

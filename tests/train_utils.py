@@ -12,8 +12,8 @@ from modernlm_jax.train.synthetic import SyntheticBatches
 
 TINY_MODEL = dict(vocab_size=64, max_len=32, n_layers=2, d_model=32, n_heads=4, d_ff=64)
 FAMILIES = {
-    "gpt2": dict(family="gpt2"),
-    "modern": dict(family="modern", positions="rope", norm="rmsnorm", mlp="swiglu", use_bias=False),
+  "gpt2": dict(family="gpt2"),
+  "modern": dict(family="modern", positions="rope", norm="rmsnorm", mlp="swiglu", use_bias=False),
 }
 
 
@@ -28,8 +28,19 @@ def tiny_config(family="modern", *, steps=5, batch_size=8, seq_len=16, mesh=(-1,
   c.tokenizer = ml_collections.ConfigDict(dict(kind="bytes"))
   c.data = ml_collections.ConfigDict(dict(seq_len=seq_len))
   c.train = train_defaults()
-  c.train.update(dict(steps=steps, batch_size=batch_size, warmup_steps=1, lr=3e-3, log_every=1, eval_every=10_000,
-                      checkpoint_every=10_000, tensorboard=False, async_checkpoint=False))
+  c.train.update(
+    dict(
+      steps=steps,
+      batch_size=batch_size,
+      warmup_steps=1,
+      lr=3e-3,
+      log_every=1,
+      eval_every=10_000,
+      checkpoint_every=10_000,
+      tensorboard=False,
+      async_checkpoint=False,
+    )
+  )
   c.train.update(train)
   c.mesh = ml_collections.ConfigDict(dict(data=mesh[0], fsdp=mesh[1], tensor=mesh[2]))
   c.dpo = ml_collections.ConfigDict(dict(beta=0.1))
@@ -37,10 +48,15 @@ def tiny_config(family="modern", *, steps=5, batch_size=8, seq_len=16, mesh=(-1,
 
 
 def synthetic_stage(config, seed=0):
-  it = SyntheticBatches(batch_size=config.train.batch_size, seq_len=config.data.seq_len,
-                        vocab_size=config.model.vocab_size, seed=seed)
-  evals = [SyntheticBatches(batch_size=config.train.batch_size, seq_len=config.data.seq_len,
-                            vocab_size=config.model.vocab_size, seed=999).batch_at(i) for i in range(2)]
+  it = SyntheticBatches(
+    batch_size=config.train.batch_size, seq_len=config.data.seq_len, vocab_size=config.model.vocab_size, seed=seed
+  )
+  evals = [
+    SyntheticBatches(
+      batch_size=config.train.batch_size, seq_len=config.data.seq_len, vocab_size=config.model.vocab_size, seed=999
+    ).batch_at(i)
+    for i in range(2)
+  ]
   return StageData(train_iter=it, eval_batches=evals, tokenizer=FakeTokenizer())
 
 

@@ -49,19 +49,25 @@ def scale_plan(cfgs: dict[str, ModelConfig], settings) -> dict[str, dict]:
   prefill = int(settings.prefill_tokens) if common_cap is None else min(int(settings.prefill_tokens), common_cap)
   decode = int(settings.decode_tokens) if common_cap is None else min(int(settings.decode_tokens), common_cap)
   lengths = parse_ints(settings.context_lengths, "inference.context_lengths")
-  longer = parse_ints(settings.long_context_lengths, "inference.long_context_lengths") \
-      if str(settings.long_context_lengths).strip() else []
+  longer = (
+    parse_ints(settings.long_context_lengths, "inference.long_context_lengths")
+    if str(settings.long_context_lengths).strip()
+    else []
+  )
   plans = {}
   for arm, cfg in cfgs.items():
     cap = length_cap(cfg)
     wanted = sorted(set(lengths) | set(longer))  # the longer ones only ever fit an unbounded family
     keep = [n for n in wanted if cap is None or n <= cap]
     plans[arm] = {
-        "prefill_tokens": prefill, "prefill_repeats": int(settings.prefill_repeats),
-        "decode_tokens": decode, "decode_repeats": int(settings.decode_repeats),
-        "context_lengths": keep, "context_repeats": int(settings.context_repeats),
-        "context_skipped": {str(n): _cap_reason(cfg) for n in wanted if n not in keep},
-        "memory": bool(settings.subprocess),
+      "prefill_tokens": prefill,
+      "prefill_repeats": int(settings.prefill_repeats),
+      "decode_tokens": decode,
+      "decode_repeats": int(settings.decode_repeats),
+      "context_lengths": keep,
+      "context_repeats": int(settings.context_repeats),
+      "context_skipped": {str(n): _cap_reason(cfg) for n in wanted if n not in keep},
+      "memory": bool(settings.subprocess),
     }
   return plans
 
@@ -113,8 +119,9 @@ def measure(params, cfg: ModelConfig, plan: dict) -> dict:
 
   forward = jax.jit(lambda p, t: model.apply({"params": p}, t))
   prefill_fn = _Prefill(forward, params)
-  out: dict[str, Any] = {"prefill": ip.measure_prefill(prefill_fn, tokens(plan["prefill_tokens"]),
-                                                       repeats=plan["prefill_repeats"])}
+  out: dict[str, Any] = {
+    "prefill": ip.measure_prefill(prefill_fn, tokens(plan["prefill_tokens"]), repeats=plan["prefill_repeats"])
+  }
 
   @jax.jit
   def step(p, state):
@@ -127,24 +134,24 @@ def measure(params, cfg: ModelConfig, plan: dict) -> dict:
   # step at its second call, which would land inside the timed loop. Two warm-up steps make sure.
   state0 = jax.device_put((init_cache(cfg, 1, n), jnp.zeros((1,), jnp.int32), jnp.zeros((1,), jnp.int32)), device)
   jax.block_until_ready(step(params, step(params, state0)))
-  out["decode"] = ip.measure_decode(functools.partial(step, params), state0, n_tokens=n,
-                                    repeats=plan["decode_repeats"])
+  out["decode"] = ip.measure_decode(functools.partial(step, params), state0, n_tokens=n, repeats=plan["decode_repeats"])
   out["memory"] = ip.peak_memory_bytes() if plan["memory"] else None
   if len(plan["context_lengths"]) >= 2:
-    out["context_scaling"] = ip.context_scaling(lambda length: (prefill_fn, tokens(length)),
-                                                plan["context_lengths"], repeats=plan["context_repeats"])
+    out["context_scaling"] = ip.context_scaling(
+      lambda length: (prefill_fn, tokens(length)), plan["context_lengths"], repeats=plan["context_repeats"]
+    )
   return out
 
 
 def entry(measured: dict, plan: dict) -> dict:
   """The results.json `inference` entry from `measure`'s output."""
   e: dict[str, Any] = {
-      "prefill_s": float(measured["prefill"]["median_s"]),
-      "prefill_tokens": plan["prefill_tokens"],
-      "prefill_repeats": plan["prefill_repeats"],
-      "decode_tok_s": float(measured["decode"]["tokens_per_s"]),
-      "decode_tokens": plan["decode_tokens"],
-      "decode_repeats": plan["decode_repeats"],
+    "prefill_s": float(measured["prefill"]["median_s"]),
+    "prefill_tokens": plan["prefill_tokens"],
+    "prefill_repeats": plan["prefill_repeats"],
+    "decode_tok_s": float(measured["decode"]["tokens_per_s"]),
+    "decode_tokens": plan["decode_tokens"],
+    "decode_repeats": plan["decode_repeats"],
   }
   mem = measured.get("memory")
   if mem:
@@ -153,8 +160,9 @@ def entry(measured: dict, plan: dict) -> dict:
     e["memory_note"] = "not measured: the member was timed in the comparison's own process (inference.subprocess=False)"
   cs = measured.get("context_scaling")
   if cs:
-    e["context_scaling"] = {k: cs[k] for k in ("lengths", "times", "exponent", "r2", "label", "mem_bytes",
-                                               "mem_kind", "mem_exponent")}
+    e["context_scaling"] = {
+      k: cs[k] for k in ("lengths", "times", "exponent", "r2", "label", "mem_bytes", "mem_kind", "mem_exponent")
+    }
   else:
     e["context_scaling_note"] = f"not measured: fewer than 2 context lengths fit ({plan['context_lengths']})"
   if plan["context_skipped"]:
@@ -166,8 +174,10 @@ def entry(measured: dict, plan: dict) -> dict:
 
 
 def _save_params(params, path: Path) -> None:
-  flat = {"/".join(str(getattr(k, "key", k)) for k in kp): np.asarray(v)
-          for kp, v in jax.tree_util.tree_leaves_with_path(params)}
+  flat = {
+    "/".join(str(getattr(k, "key", k)) for k in kp): np.asarray(v)
+    for kp, v in jax.tree_util.tree_leaves_with_path(params)
+  }
   np.savez(path, **flat)
 
 
@@ -191,11 +201,17 @@ def measure_in_subprocess(params, cfg: ModelConfig, plan: dict, timeout_s: float
     (tmp / "job.json").write_text(json.dumps({"model": cfg.to_dict(), "plan": plan}))
     # The parent may hold a preallocated GPU pool; the child allocates on demand from what is left.
     env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
-    proc = subprocess.run([sys.executable, "-m", "modernlm_jax.compare.inference", str(tmp)],
-                          capture_output=True, text=True, timeout=timeout_s, env=env)
+    proc = subprocess.run(
+      [sys.executable, "-m", "modernlm_jax.compare.inference", str(tmp)],
+      capture_output=True,
+      text=True,
+      timeout=timeout_s,
+      env=env,
+    )
     if proc.returncode != 0 or not (tmp / "result.json").is_file():
-      raise RuntimeError(f"inference measurement process failed (exit {proc.returncode}): "
-                         f"{(proc.stderr or proc.stdout)[-1500:]}")
+      raise RuntimeError(
+        f"inference measurement process failed (exit {proc.returncode}): {(proc.stderr or proc.stdout)[-1500:]}"
+      )
     return json.loads((tmp / "result.json").read_text())
 
 

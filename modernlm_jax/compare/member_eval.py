@@ -67,10 +67,10 @@ def curves_from_metrics(member_dir: str | Path, tokens_per_step: int) -> dict:
 
   steps = sorted(train)
   curves = {
-      "tokens": [tokens_at(s, train[s]) for s in steps],
-      "train_loss": [_finite_or_none(train[s]["loss"]) for s in steps],
-      "val_tokens": [tokens_at(s, val[s]) for s in sorted(val)],
-      "val_loss": [_finite_or_none(val[s]["val_loss"]) for s in sorted(val)],
+    "tokens": [tokens_at(s, train[s]) for s in steps],
+    "train_loss": [_finite_or_none(train[s]["loss"]) for s in steps],
+    "val_tokens": [tokens_at(s, val[s]) for s in sorted(val)],
+    "val_loss": [_finite_or_none(val[s]["val_loss"]) for s in sorted(val)],
   }
   return curves
 
@@ -105,8 +105,9 @@ def validation_texts(data_cfg) -> list[str]:
     spec, split = str(data_cfg.val_source), "all"
   else:
     spec, split = str(data_cfg.source), "validation"
-  return sources.load_documents(spec, split, jsonl_field=str(data_cfg.jsonl_field),
-                                skip_bad_rows=bool(data_cfg.skip_bad_rows))
+  return sources.load_documents(
+    spec, split, jsonl_field=str(data_cfg.jsonl_field), skip_bad_rows=bool(data_cfg.skip_bad_rows)
+  )
 
 
 def validation_stream(data_cfg, tokenizer, max_tokens: int) -> tuple[np.ndarray, int]:
@@ -134,12 +135,14 @@ def validation_stream(data_cfg, tokenizer, max_tokens: int) -> tuple[np.ndarray,
   return np.asarray(ids, np.int32), max(n_bytes, 1)
 
 
-def final_metrics(forward_fn: Callable, stream: tuple[np.ndarray, int], *, context: int, batch_size: int,
-                  **extra: float | None) -> dict:
+def final_metrics(
+  forward_fn: Callable, stream: tuple[np.ndarray, int], *, context: int, batch_size: int, **extra: float | None
+) -> dict:
   """`final` entry: loss / perplexity / bits per byte over the validation stream in windows of `context`."""
   ids, n_bytes = stream
-  res = perplexity.evaluate_stream(forward_fn, ids, context=context, stride=context, batch_size=batch_size,
-                                   num_bytes=n_bytes)
+  res = perplexity.evaluate_stream(
+    forward_fn, ids, context=context, stride=context, batch_size=batch_size, num_bytes=n_bytes
+  )
   final = results_lib.final_from_perplexity(res, **extra)
   final["val_tokens_scored"] = int(res["tokens"])
   return final
@@ -152,13 +155,18 @@ def statefulness_entry(forward_fn: Callable, tokenizer, cfg: ModelConfig, probes
   from modernlm_jax.compare.plan import parse_ints
 
   ctx = probe_context(cfg, int(probes_cfg.long_context))
-  res = statefulness.run_probes(forward_fn, tokenizer, seed=int(probes_cfg.seed),
-                                num_per_tier=int(probes_cfg.num_per_tier),
-                                distances=parse_ints(probes_cfg.distances, "probes.distances"),
-                                num_choices=int(probes_cfg.num_choices), context=ctx,
-                                batch_size=int(probes_cfg.batch_size),
-                                seeds=[int(probes_cfg.seed) + i for i in range(int(probes_cfg.get("num_seeds", 1)))],
-                                turns=int(probes_cfg.get("turns", statefulness.DEFAULT_TURNS)))
+  res = statefulness.run_probes(
+    forward_fn,
+    tokenizer,
+    seed=int(probes_cfg.seed),
+    num_per_tier=int(probes_cfg.num_per_tier),
+    distances=parse_ints(probes_cfg.distances, "probes.distances"),
+    num_choices=int(probes_cfg.num_choices),
+    context=ctx,
+    batch_size=int(probes_cfg.batch_size),
+    seeds=[int(probes_cfg.seed) + i for i in range(int(probes_cfg.get("num_seeds", 1)))],
+    turns=int(probes_cfg.get("turns", statefulness.DEFAULT_TURNS)),
+  )
   entry = results_lib.statefulness_entry(res)
   entry["chance_corrected"] = res["chance_corrected"]
   entry["context"] = ctx
@@ -172,29 +180,64 @@ def task_accuracies(params, cfg: ModelConfig, forward_fn: Callable, tokenizer, s
   from modernlm_jax.eval import suite as suite_lib
   from modernlm_jax.generate import greedy_generate_fn
 
-  result = suite_lib.run_suite(suite, forward_fn=forward_fn, generate_fn=greedy_generate_fn(params, cfg),
-                               tokenizer=tokenizer, context=cfg.max_len, data_root=data_root or None,
-                               progress=log.info, ppl_texts={}, require_gpt2_protocol=False)
+  result = suite_lib.run_suite(
+    suite,
+    forward_fn=forward_fn,
+    generate_fn=greedy_generate_fn(params, cfg),
+    tokenizer=tokenizer,
+    context=cfg.max_len,
+    data_root=data_root or None,
+    progress=log.info,
+    ppl_texts={},
+    require_gpt2_protocol=False,
+  )
   return suite_lib.comparison_entry(result)["tasks"]
 
 
-def tasks_and_skips(params, cfg: ModelConfig, forward_fn: Callable, tokenizer, suite: str, data_root: str, *,
-                    context: int, batch_size: int, skip_reason: str = "") -> tuple[dict, dict]:
+def tasks_and_skips(
+  params,
+  cfg: ModelConfig,
+  forward_fn: Callable,
+  tokenizer,
+  suite: str,
+  data_root: str,
+  *,
+  context: int,
+  batch_size: int,
+  skip_reason: str = "",
+) -> tuple[dict, dict]:
   """(task -> headline accuracy, task -> why it did not run): every task of the suite is in one of them."""
   from modernlm_jax.eval import suite as suite_lib
   from modernlm_jax.generate import greedy_generate_fn
 
   if not data_root:
     return {}, {t: skip_reason or "no task data folder" for t in suite_lib.task_names()}
-  raw = suite_lib.run_tasks(suite, forward_fn=forward_fn, generate_fn=greedy_generate_fn(params, cfg),
-                            tokenizer=tokenizer, context=context, data_root=data_root, batch_size=batch_size,
-                            progress=log.info, errors_as_skips=True)
+  raw = suite_lib.run_tasks(
+    suite,
+    forward_fn=forward_fn,
+    generate_fn=greedy_generate_fn(params, cfg),
+    tokenizer=tokenizer,
+    context=context,
+    data_root=data_root,
+    batch_size=batch_size,
+    progress=log.info,
+    errors_as_skips=True,
+  )
   entry = suite_lib.comparison_entry({"tasks": raw})
   return entry["tasks"], entry["skipped"]["tasks"]
 
 
-def perplexities_and_skips(forward_fn: Callable, tokenizer, corpora: list[str], data_root: str, *, context: int,
-                           batch_size: int, max_chars: int = 0, skip_reason: str = "") -> tuple[dict, dict]:
+def perplexities_and_skips(
+  forward_fn: Callable,
+  tokenizer,
+  corpora: list[str],
+  data_root: str,
+  *,
+  context: int,
+  batch_size: int,
+  max_chars: int = 0,
+  skip_reason: str = "",
+) -> tuple[dict, dict]:
   """(corpus -> {bpb, ppl, nats_per_token, tokens, bytes, context}, corpus -> why it was not scored)."""
   from modernlm_jax.eval import suite as suite_lib
 
@@ -204,14 +247,26 @@ def perplexities_and_skips(forward_fn: Callable, tokenizer, corpora: list[str], 
       skipped[corpus] = skip_reason or "no data folder"
       continue
     log.info("[compare] perplexity on %s (context %d)", corpus, context)
-    r = suite_lib.corpus_perplexity(forward_fn, tokenizer, corpus, context=context, data_root=data_root or None,
-                                    batch_size=batch_size, max_chars=max_chars or None)
+    r = suite_lib.corpus_perplexity(
+      forward_fn,
+      tokenizer,
+      corpus,
+      context=context,
+      data_root=data_root or None,
+      batch_size=batch_size,
+      max_chars=max_chars or None,
+    )
     if "skipped" in r:
       skipped[corpus] = str(r["skipped"])
       continue
-    scored[corpus] = {"bpb": float(r["bits_per_byte"]), "ppl": float(r["perplexity"]),
-                      "nats_per_token": float(r["nats_per_token"]), "tokens": int(r["tokens"]),
-                      "bytes": int(r["bytes"]), "context": int(r["context"])}
+    scored[corpus] = {
+      "bpb": float(r["bits_per_byte"]),
+      "ppl": float(r["perplexity"]),
+      "nats_per_token": float(r["nats_per_token"]),
+      "tokens": int(r["tokens"]),
+      "bytes": int(r["bytes"]),
+      "context": int(r["context"]),
+    }
   return scored, skipped
 
 
@@ -237,17 +292,19 @@ def long_context_docs(lc_cfg, data_cfg, tokenizer, data_root: str = "") -> tuple
   if spec == "auto":
     books = _shared_data_root(data_root) / "gutenberg"
     if not books.is_dir():
-      return (f"no long documents: {books} is absent; set compare.data_root to the shared data folder or "
-              "compare.long_context.source to a data source of long documents")
+      return (
+        f"no long documents: {books} is absent; set compare.data_root to the shared data folder or "
+        "compare.long_context.source to a data source of long documents"
+      )
     spec = f"text@file:{books}/*.txt"
   texts = sources.load_documents(spec, "validation", jsonl_field=str(data_cfg.jsonl_field))
   docs = []
   for text in texts:
-    ids = list(tokenizer.encode(text[:need * 16]))  # a prefix is enough: no tokenizer packs 16 bytes per token
+    ids = list(tokenizer.encode(text[: need * 16]))  # a prefix is enough: no tokenizer packs 16 bytes per token
     if len(ids) < need:
       ids = list(tokenizer.encode(text))
     if len(ids) >= need:
-      docs.append([tokenizer.eos_id, *ids[:need - 1]])
+      docs.append([tokenizer.eos_id, *ids[: need - 1]])
     if len(docs) >= int(lc_cfg.num_docs):
       break
   if not docs:
@@ -267,9 +324,17 @@ def long_context_entry(params, cfg: ModelConfig, tokenizer, lc_cfg, docs: tuple[
   def bytes_of(targets):
     return len(tokenizer.decode(list(targets)).encode("utf-8"))
 
-  res = long_context.curve(params, cfg, ids, contexts=parse_ints(lc_cfg.contexts, "long_context.contexts"),
-                           window=int(lc_cfg.window), sinks=int(lc_cfg.sinks), chunk=int(lc_cfg.chunk),
-                           extrapolate_max=int(lc_cfg.extrapolate_max), bytes_of=bytes_of)
+  res = long_context.curve(
+    params,
+    cfg,
+    ids,
+    contexts=parse_ints(lc_cfg.contexts, "long_context.contexts"),
+    window=int(lc_cfg.window),
+    sinks=int(lc_cfg.sinks),
+    chunk=int(lc_cfg.chunk),
+    extrapolate_max=int(lc_cfg.extrapolate_max),
+    bytes_of=bytes_of,
+  )
   res["documents"] = described
   return res
 
@@ -282,8 +347,9 @@ def dialogue_entry(params, cfg: ModelConfig, forward_fn: Callable, tokenizer, dl
   if isinstance(dialogues, str):
     return {"skipped": dialogues}
   gen = greedy_generate_fn(params, cfg) if bool(dlg_cfg.bleu) else None
-  res = dialogue.evaluate(forward_fn, gen, tokenizer, dialogues, context=cfg.max_len,
-                          max_new_tokens=int(dlg_cfg.max_new_tokens), batch_size=8)
+  res = dialogue.evaluate(
+    forward_fn, gen, tokenizer, dialogues, context=cfg.max_len, max_new_tokens=int(dlg_cfg.max_new_tokens), batch_size=8
+  )
   res["source"] = str(dlg_cfg.source)
   res["context"] = cfg.max_len
   return res

@@ -81,13 +81,16 @@ def arm_family(config, arm: str) -> str:
   if arm in variants:
     family = str(variants[arm].get("family", ""))
     if family not in valid_families():
-      raise ValueError(f"compare.variants.{arm}.family={family!r} is not a model family; valid families: "
-                       f"{valid_families()}")
+      raise ValueError(
+        f"compare.variants.{arm}.family={family!r} is not a model family; valid families: {valid_families()}"
+      )
     return family
   if arm in valid_families():
     return arm
-  raise ValueError(f"unknown family {arm!r} in compare.families; valid families: {valid_families()}"
-                   + (f"; variants defined in this config: {variant_names(config)}" if variant_names(config) else ""))
+  raise ValueError(
+    f"unknown family {arm!r} in compare.families; valid families: {valid_families()}"
+    + (f"; variants defined in this config: {variant_names(config)}" if variant_names(config) else "")
+  )
 
 
 def plan(config) -> list[Member]:
@@ -120,8 +123,10 @@ def _check_variant_keys(config, name: str) -> None:
   fixed = [f"train.{k}" for k in (v.get("train") or {}) if k in _PROTOCOL_TRAIN_KEYS]
   fixed += [f"data.{k}" for k in (v.get("data") or {}) if k in _PROTOCOL_DATA_KEYS]
   if fixed:
-    raise ValueError(f"compare.variants.{name} overrides {fixed}, which every member must share (the matched "
-                     "protocol); set them on the comparison itself (train.*, data.*)")
+    raise ValueError(
+      f"compare.variants.{name} overrides {fixed}, which every member must share (the matched "
+      "protocol); set them on the comparison itself (train.*, data.*)"
+    )
 
 
 # --------------------------------------------------------------------------- data
@@ -146,8 +151,9 @@ def shared_corpus_source(root: str | Path | None = None) -> str:
   if not book_files or not wiki.is_file():
     return ""
   # Weights are shares of the mixed corpus; sizes as weights keep each part at about its natural size.
-  return (f"mix:{sum(f.stat().st_size for f in book_files)}=text@file:{books}/*.txt,"
-          f"{wiki.stat().st_size}=text@blank:{wiki}")
+  return (
+    f"mix:{sum(f.stat().st_size for f in book_files)}=text@file:{books}/*.txt,{wiki.stat().st_size}=text@blank:{wiki}"
+  )
 
 
 def check_data_source(config) -> None:
@@ -155,11 +161,12 @@ def check_data_source(config) -> None:
   if str(config.data.source).strip():
     return
   raise ValueError(
-      f"compare preset {str(config.get('preset', ''))!r} trains on a real corpus, and none was found: the shared "
-      f"Gutenberg + WikiText-2 text is not under {shared_data_root()} (set $MODERNLM_SHARED_DATA to the shared data "
-      "folder). Pass --config.data.source=text:/path/to/*.txt (any corpus; see modernlm_jax/data/sources.py), or "
-      "--config.data.source=builtin to accept the small embedded corpus, which a comparison of this size would "
-      "repeat many times over.")
+    f"compare preset {str(config.get('preset', ''))!r} trains on a real corpus, and none was found: the shared "
+    f"Gutenberg + WikiText-2 text is not under {shared_data_root()} (set $MODERNLM_SHARED_DATA to the shared data "
+    "folder). Pass --config.data.source=text:/path/to/*.txt (any corpus; see modernlm_jax/data/sources.py), or "
+    "--config.data.source=builtin to accept the small embedded corpus, which a comparison of this size would "
+    "repeat many times over."
+  )
 
 
 def resolve_data_root(config) -> tuple[str, str]:
@@ -255,8 +262,10 @@ def member_config(config, member: Member, tokenizer_cfg) -> ml_collections.Confi
     for section in ("train", "data"):
       for key, value in (v.get(section) or {}).items():
         if key not in m[section]:
-          raise ValueError(f"compare.variants.{member.arm}.{section}.{key} is not a {section} setting; valid: "
-                           f"{sorted(m[section].keys())}")
+          raise ValueError(
+            f"compare.variants.{member.arm}.{section}.{key} is not a {section} setting; valid: "
+            f"{sorted(m[section].keys())}"
+          )
         m[section][key] = value
   return m
 
@@ -267,8 +276,10 @@ def member_config(config, member: Member, tokenizer_cfg) -> ml_collections.Confi
 def budget_kind(config) -> str:
   kind = str(config.compare.get("budget", "tokens"))
   if kind not in BUDGETS:
-    raise ValueError(f"compare.budget={kind!r} is not valid; choose one of {list(BUDGETS)} (tokens: every member "
-                     "trains train.steps; flops: each member's steps match the baseline's training FLOPs)")
+    raise ValueError(
+      f"compare.budget={kind!r} is not valid; choose one of {list(BUDGETS)} (tokens: every member "
+      "trains train.steps; flops: each member's steps match the baseline's training FLOPs)"
+    )
   return kind
 
 
@@ -300,8 +311,14 @@ def budget_entry(config, member: Member) -> dict:
   tokens_per_step = int(config.train.batch_size) * int(config.data.seq_len)
   flops = _flops_per_step(config, member) * steps
   base_flops = _flops_per_step(config, baseline_member(config, member)) * int(config.train.steps)
-  return {"kind": budget_kind(config), "steps": steps, "tokens": steps * tokens_per_step, "train_flops": flops,
-          "baseline_train_flops": base_flops, "flops_vs_baseline": flops / base_flops}
+  return {
+    "kind": budget_kind(config),
+    "steps": steps,
+    "tokens": steps * tokens_per_step,
+    "train_flops": flops,
+    "baseline_train_flops": base_flops,
+    "flops_vs_baseline": flops / base_flops,
+  }
 
 
 def protocol(config, tokenizers: dict[str, tuple[Any, Any]]) -> dict:
@@ -316,31 +333,52 @@ def protocol(config, tokenizers: dict[str, tuple[Any, Any]]) -> dict:
   suite = str(config.compare.suite)
   corpora = str(config.compare.get("perplexity", "")).strip()
   proto: dict[str, Any] = {
-      "data_source": str(d.source) + (f" (validation: {d.val_source})" if d.val_source else ""),
-      "token_budget": scheduled_tokens(d, int(t.steps), batch),  # the batches' real lengths under a schedule
-      "schedule": {"kind": str(t.schedule), "steps": int(t.steps), "warmup_steps": int(t.warmup_steps),
-                   "max_lr": float(t.lr), "min_lr_ratio": float(t.min_lr_ratio)},
-      "batch_size": batch,
-      "seq_len": seq_len,
-      "seeds": parse_ints(config.compare.seeds, "seeds"),
-      "tokenizer": distinct[0] if len(distinct) == 1 else "; ".join(f"{s}: {i}" for s, i in idents.items()),
-      "baseline_family": str(config.compare.baseline),
-      "optimizer": {"name": "adamw", "b1": float(t.b1), "b2": float(t.b2), "weight_decay": float(t.weight_decay),
-                    "grad_clip": float(t.grad_clip)},
-      "batch_order": "identical for every family at a seed (data order depends only on the seed)",
-      "downstream_tasks": ((f"suite {suite!r} (data: {data_root})" if data_root else f"skipped: {root_reason}")
-                           if suite else "not run: compare.suite is empty (set it to 'quick' or 'full')"),
-      "perplexity_corpora": ((corpora + (f" (data: {data_root})" if data_root else f" — skipped: {root_reason}"))
-                             + (f"; first {int(config.compare.perplexity_max_chars):,} characters of each"
-                                if int(config.compare.get("perplexity_max_chars", 0)) > 0 else "")
-                             if corpora else "none (compare.perplexity is empty)"),
+    "data_source": str(d.source) + (f" (validation: {d.val_source})" if d.val_source else ""),
+    "token_budget": scheduled_tokens(d, int(t.steps), batch),  # the batches' real lengths under a schedule
+    "schedule": {
+      "kind": str(t.schedule),
+      "steps": int(t.steps),
+      "warmup_steps": int(t.warmup_steps),
+      "max_lr": float(t.lr),
+      "min_lr_ratio": float(t.min_lr_ratio),
+    },
+    "batch_size": batch,
+    "seq_len": seq_len,
+    "seeds": parse_ints(config.compare.seeds, "seeds"),
+    "tokenizer": distinct[0] if len(distinct) == 1 else "; ".join(f"{s}: {i}" for s, i in idents.items()),
+    "baseline_family": str(config.compare.baseline),
+    "optimizer": {
+      "name": "adamw",
+      "b1": float(t.b1),
+      "b2": float(t.b2),
+      "weight_decay": float(t.weight_decay),
+      "grad_clip": float(t.grad_clip),
+    },
+    "batch_order": "identical for every family at a seed (data order depends only on the seed)",
+    "downstream_tasks": (
+      (f"suite {suite!r} (data: {data_root})" if data_root else f"skipped: {root_reason}")
+      if suite
+      else "not run: compare.suite is empty (set it to 'quick' or 'full')"
+    ),
+    "perplexity_corpora": (
+      (corpora + (f" (data: {data_root})" if data_root else f" — skipped: {root_reason}"))
+      + (
+        f"; first {int(config.compare.perplexity_max_chars):,} characters of each"
+        if int(config.compare.get("perplexity_max_chars", 0)) > 0
+        else ""
+      )
+      if corpora
+      else "none (compare.perplexity is empty)"
+    ),
   }
   if str(d.seq_len_schedule):
     proto["seq_len_schedule"] = str(d.seq_len_schedule)
   if budget_kind(config) == "flops":
     proto["budget"] = "flops"
-    proto["budget_note"] = ("compute-matched: each member's steps are set so its training FLOPs match the baseline's "
-                            "at train.steps; token_budget is the baseline's")
+    proto["budget_note"] = (
+      "compute-matched: each member's steps are set so its training FLOPs match the baseline's "
+      "at train.steps; token_budget is the baseline's"
+    )
   if str(config.compare.decision_scale):
     proto["decision_scale"] = str(config.compare.decision_scale)
   if len(distinct) > 1:
@@ -363,5 +401,14 @@ def _describe_variant(v) -> str:
   return ", ".join(parts)
 
 
-PROTOCOL_IDENTITY_KEYS = ("data_source", "token_budget", "schedule", "batch_size", "seq_len", "tokenizer",
-                          "optimizer", "seq_len_schedule", "budget")
+PROTOCOL_IDENTITY_KEYS = (
+  "data_source",
+  "token_budget",
+  "schedule",
+  "batch_size",
+  "seq_len",
+  "tokenizer",
+  "optimizer",
+  "seq_len_schedule",
+  "budget",
+)

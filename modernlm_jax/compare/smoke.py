@@ -32,16 +32,26 @@ def overfit_batch(first_batch: dict, rows: int, length: int) -> dict:
   """The first `rows` × `length` tokens of a training batch, as a fixed batch."""
   have_rows, have_len = first_batch["inputs"].shape
   if rows > have_rows or length > have_len:
-    raise ValueError(f"smoke.overfit_rows × overfit_len = {rows}×{length} exceeds the first batch "
-                     f"({have_rows}×{have_len}); lower them")
+    raise ValueError(
+      f"smoke.overfit_rows × overfit_len = {rows}×{length} exceeds the first batch ({have_rows}×{have_len}); lower them"
+    )
   return {k: np.asarray(v[:rows, :length]) for k, v in first_batch.items()}
 
 
 def overfit(member_cfg, batch: dict, *, steps: int, lr: float) -> dict:
   """Trains a fresh model of `member_cfg.model` on one fixed batch; returns first/final loss."""
   cfg = member_cfg.copy_and_resolve_references()
-  cfg.train.update(dict(steps=steps, lr=lr, warmup_steps=min(10, steps // 10), schedule="constant",
-                        weight_decay=0.0, grad_clip=1.0, accum_steps=1))
+  cfg.train.update(
+    dict(
+      steps=steps,
+      lr=lr,
+      warmup_steps=min(10, steps // 10),
+      schedule="constant",
+      weight_decay=0.0,
+      grad_clip=1.0,
+      accum_steps=1,
+    )
+  )
   model_cfg = ModelConfig.from_dict(cfg.model)
   opt = make_optimizer(cfg.train, jax.eval_shape(lambda: init_params(model_cfg, int(cfg.seed))))
   step = jax.jit(make_train_step(make_objective(cfg), opt, learning_rate_schedule(cfg.train)))
@@ -72,14 +82,26 @@ def data_fraction_curve(curves: dict, token_budget: int, fraction: float, min_po
   return {"tokens": [int(t) for t, _ in inside], "train_loss": [float(l) for _, l in inside]}, used
 
 
-def smoke_entry(scale: str, *, overfit_results: dict[str, dict], overfit_size: int, grad_norms: dict[str, float],
-                fraction_curves: dict[str, dict], fraction_used: float) -> dict:
+def smoke_entry(
+  scale: str,
+  *,
+  overfit_results: dict[str, dict],
+  overfit_size: int,
+  grad_norms: dict[str, float],
+  fraction_curves: dict[str, dict],
+  fraction_used: float,
+) -> dict:
   out = {
-      "scale": scale,
-      "data_fraction": {"fraction": float(fraction_used), "by_family": fraction_curves},
-      "overfit": {"size": int(overfit_size), "unit": "tokens",
-                  "by_family": {f: {"final_loss": r["final_loss"], "first_loss": r["first_loss"], "steps": r["steps"]}
-                                for f, r in overfit_results.items()}},
-      "grad_norm": {"by_family": {f: float(v) for f, v in grad_norms.items()}},
+    "scale": scale,
+    "data_fraction": {"fraction": float(fraction_used), "by_family": fraction_curves},
+    "overfit": {
+      "size": int(overfit_size),
+      "unit": "tokens",
+      "by_family": {
+        f: {"final_loss": r["final_loss"], "first_loss": r["first_loss"], "steps": r["steps"]}
+        for f, r in overfit_results.items()
+      },
+    },
+    "grad_norm": {"by_family": {f: float(v) for f, v in grad_norms.items()}},
   }
   return out

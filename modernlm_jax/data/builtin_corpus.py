@@ -29,49 +29,49 @@ VALIDATION_PERCENT = 5
 
 
 def corpus_version() -> str:
-    return f"builtin-v{_FORMAT_VERSION}-py{platform.python_version()}"
+  return f"builtin-v{_FORMAT_VERSION}-py{platform.python_version()}"
 
 
 def _module_docstrings(path: Path) -> str:
-    try:
-        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    except (SyntaxError, UnicodeDecodeError, ValueError):
-        return ""
-    parts = []
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-            doc = ast.get_docstring(node, clean=True)
-            if doc and len(doc.split()) >= _MIN_DOCSTRING_WORDS:
-                parts.append(doc.strip())
-    return "\n\n".join(parts)
+  try:
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+  except (SyntaxError, UnicodeDecodeError, ValueError):
+    return ""
+  parts = []
+  for node in ast.walk(tree):
+    if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+      doc = ast.get_docstring(node, clean=True)
+      if doc and len(doc.split()) >= _MIN_DOCSTRING_WORDS:
+        parts.append(doc.strip())
+  return "\n\n".join(parts)
 
 
 @functools.lru_cache(maxsize=1)
 def builtin_documents() -> tuple[tuple[str, str], ...]:
-    """All ``(name, text)`` documents in a fixed order (memoised: parsing takes a few seconds)."""
-    from pydoc_data import topics
+  """All ``(name, text)`` documents in a fixed order (memoised: parsing takes a few seconds)."""
+  from pydoc_data import topics
 
-    docs = [(f"topic:{name}", text.strip()) for name, text in sorted(topics.topics.items())]
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    for path in sorted(stdlib.glob("*.py")):
-        if path.stem in _SKIP_MODULES:
-            continue
-        text = _module_docstrings(path)
-        if text:
-            docs.append((f"module:{path.stem}", text))
-    return tuple((name, text) for name, text in docs if text)
+  docs = [(f"topic:{name}", text.strip()) for name, text in sorted(topics.topics.items())]
+  stdlib = Path(sysconfig.get_paths()["stdlib"])
+  for path in sorted(stdlib.glob("*.py")):
+    if path.stem in _SKIP_MODULES:
+      continue
+    text = _module_docstrings(path)
+    if text:
+      docs.append((f"module:{path.stem}", text))
+  return tuple((name, text) for name, text in docs if text)
 
 
 def is_validation_name(name: str) -> bool:
-    """Split by a hash of the document's name, so adding a module never moves other documents."""
-    digest = hashlib.blake2b(name.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "little") % 100 < VALIDATION_PERCENT
+  """Split by a hash of the document's name, so adding a module never moves other documents."""
+  digest = hashlib.blake2b(name.encode("utf-8"), digest_size=8).digest()
+  return int.from_bytes(digest, "little") % 100 < VALIDATION_PERCENT
 
 
 def builtin_split(split: str) -> list[str]:
-    """The texts of one split: "train", "validation" or "all"."""
-    docs = builtin_documents()
-    if split == "all":
-        return [text for _, text in docs]
-    want_validation = split == "validation"
-    return [text for name, text in docs if is_validation_name(name) == want_validation]
+  """The texts of one split: "train", "validation" or "all"."""
+  docs = builtin_documents()
+  if split == "all":
+    return [text for _, text in docs]
+  want_validation = split == "validation"
+  return [text for name, text in docs if is_validation_name(name) == want_validation]

@@ -51,27 +51,30 @@ class CheckpointError(ValueError):
 # Configs
 
 
-def config_from_hf(hf_config: Mapping[str, Any], *, attention_impl: str = "auto", source: str = "config.json"
-                   ) -> ModelConfig:
+def config_from_hf(
+  hf_config: Mapping[str, Any], *, attention_impl: str = "auto", source: str = "config.json"
+) -> ModelConfig:
   """Our `gpt2`-family ModelConfig for a Hugging Face GPT-2 `config.json` dict."""
   model_type = hf_config.get("model_type")
   architectures = hf_config.get("architectures") or []
   if model_type != "gpt2":
     raise CheckpointError(
-        f"{source} has model_type={model_type!r} (architectures={architectures}); only GPT-2 checkpoints "
-        "(model_type 'gpt2', e.g. GPT2LMHeadModel) can be imported. Convert other architectures with their own tools.")
+      f"{source} has model_type={model_type!r} (architectures={architectures}); only GPT-2 checkpoints "
+      "(model_type 'gpt2', e.g. GPT2LMHeadModel) can be imported. Convert other architectures with their own tools."
+    )
   missing = [k for k in ("n_layer", "n_embd", "n_head", "n_positions", "vocab_size") if k not in hf_config]
   if missing:
     raise CheckpointError(f"{source} lacks {missing}; re-save the model with `save_pretrained` to get a full config")
   activation = hf_config.get("activation_function", "gelu_new")
   if activation not in _TANH_GELUS:
     raise CheckpointError(
-        f"{source} has activation_function={activation!r}; the gpt2 family uses tanh-approximate GELU "
-        f"({' / '.join(_TANH_GELUS)}), so this checkpoint's MLP would not be reproduced")
+      f"{source} has activation_function={activation!r}; the gpt2 family uses tanh-approximate GELU "
+      f"({' / '.join(_TANH_GELUS)}), so this checkpoint's MLP would not be reproduced"
+    )
   unsupported = {
-      "scale_attn_weights": (hf_config.get("scale_attn_weights", True), True),
-      "scale_attn_by_inverse_layer_idx": (hf_config.get("scale_attn_by_inverse_layer_idx", False), False),
-      "add_cross_attention": (hf_config.get("add_cross_attention", False), False),
+    "scale_attn_weights": (hf_config.get("scale_attn_weights", True), True),
+    "scale_attn_by_inverse_layer_idx": (hf_config.get("scale_attn_by_inverse_layer_idx", False), False),
+    "add_cross_attention": (hf_config.get("add_cross_attention", False), False),
   }
   bad = [f"{k}={got} (needs {want})" for k, (got, want) in unsupported.items() if bool(got) != want]
   if bad:
@@ -79,25 +82,44 @@ def config_from_hf(hf_config: Mapping[str, Any], *, attention_impl: str = "auto"
   d_model = int(hf_config["n_embd"])
   n_inner = hf_config.get("n_inner")
   return ModelConfig(
-      family="gpt2", vocab_size=int(hf_config["vocab_size"]), max_len=int(hf_config["n_positions"]),
-      n_layers=int(hf_config["n_layer"]), d_model=d_model, n_heads=int(hf_config["n_head"]),
-      d_ff=int(n_inner) if n_inner else 4 * d_model, positions="learned", norm="layernorm",
-      norm_eps=float(hf_config.get("layer_norm_epsilon", 1e-5)), mlp="gelu", use_bias=True,
-      tie_embeddings=bool(hf_config.get("tie_word_embeddings", True)),
-      init_std=float(hf_config.get("initializer_range", 0.02)), attention_impl=attention_impl)
+    family="gpt2",
+    vocab_size=int(hf_config["vocab_size"]),
+    max_len=int(hf_config["n_positions"]),
+    n_layers=int(hf_config["n_layer"]),
+    d_model=d_model,
+    n_heads=int(hf_config["n_head"]),
+    d_ff=int(n_inner) if n_inner else 4 * d_model,
+    positions="learned",
+    norm="layernorm",
+    norm_eps=float(hf_config.get("layer_norm_epsilon", 1e-5)),
+    mlp="gelu",
+    use_bias=True,
+    tie_embeddings=bool(hf_config.get("tie_word_embeddings", True)),
+    init_std=float(hf_config.get("initializer_range", 0.02)),
+    attention_impl=attention_impl,
+  )
 
 
 def check_gpt2_compatible(cfg: ModelConfig) -> None:
   """Raises unless `cfg` is an architecture GPT2LMHeadModel can represent exactly."""
-  wanted = {"positions": "learned", "norm": "layernorm", "mlp": "gelu", "use_bias": True, "attn_gate": "none",
-            "attn_sinks": False, "qk_norm": False}
+  wanted = {
+    "positions": "learned",
+    "norm": "layernorm",
+    "mlp": "gelu",
+    "use_bias": True,
+    "attn_gate": "none",
+    "attn_sinks": False,
+    "qk_norm": False,
+  }
   bad = [f"{k}={getattr(cfg, k)!r} (needs {v!r})" for k, v in wanted.items() if getattr(cfg, k) != v]
   if any(kind != "attn" for kind in cfg.mixers):
     bad.append(f"layer_pattern={list(cfg.layer_pattern)} (needs attention in every layer)")
   if bad:
     raise CheckpointError(
-        "this model config cannot be exported as GPT-2: " + "; ".join(bad)
-        + ". Only the gpt2 family (e.g. --preset gpt2-125m) maps onto GPT2LMHeadModel.")
+      "this model config cannot be exported as GPT-2: "
+      + "; ".join(bad)
+      + ". Only the gpt2 family (e.g. --preset gpt2-125m) maps onto GPT2LMHeadModel."
+    )
 
 
 def hf_config_from(cfg: ModelConfig, *, eos_token_id: int | None = None) -> dict[str, Any]:
@@ -108,15 +130,29 @@ def hf_config_from(cfg: ModelConfig, *, eos_token_id: int | None = None) -> dict
   if eos_token_id is not None and not 0 <= eos_token_id < cfg.vocab_size:
     raise CheckpointError(f"eos_token_id={eos_token_id} is outside the vocabulary [0, {cfg.vocab_size})")
   return {
-      "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
-      "vocab_size": cfg.vocab_size, "n_positions": cfg.max_len, "n_embd": cfg.d_model, "n_layer": cfg.n_layers,
-      "n_head": cfg.n_heads, "n_inner": cfg.d_ff, "activation_function": "gelu_new",
-      "layer_norm_epsilon": cfg.norm_eps, "initializer_range": cfg.init_std,
-      # GPT-2's own dropout rates, so fine-tuning in transformers behaves like the original model.
-      "resid_pdrop": 0.1, "embd_pdrop": 0.1, "attn_pdrop": 0.1,
-      "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
-      "tie_word_embeddings": cfg.tie_embeddings, "use_cache": True,
-      "bos_token_id": eos_token_id, "eos_token_id": eos_token_id, "dtype": "float32",
+    "architectures": ["GPT2LMHeadModel"],
+    "model_type": "gpt2",
+    "vocab_size": cfg.vocab_size,
+    "n_positions": cfg.max_len,
+    "n_embd": cfg.d_model,
+    "n_layer": cfg.n_layers,
+    "n_head": cfg.n_heads,
+    "n_inner": cfg.d_ff,
+    "activation_function": "gelu_new",
+    "layer_norm_epsilon": cfg.norm_eps,
+    "initializer_range": cfg.init_std,
+    # GPT-2's own dropout rates, so fine-tuning in transformers behaves like the original model.
+    "resid_pdrop": 0.1,
+    "embd_pdrop": 0.1,
+    "attn_pdrop": 0.1,
+    "scale_attn_weights": True,
+    "scale_attn_by_inverse_layer_idx": False,
+    "reorder_and_upcast_attn": False,
+    "tie_word_embeddings": cfg.tie_embeddings,
+    "use_cache": True,
+    "bos_token_id": eos_token_id,
+    "eos_token_id": eos_token_id,
+    "dtype": "float32",
   }
 
 
@@ -126,18 +162,30 @@ def hf_config_from(cfg: ModelConfig, *, eos_token_id: int | None = None) -> dict
 
 def expected_hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
   D, F, V = cfg.d_model, cfg.d_ff, cfg.vocab_size
-  shapes: dict[str, tuple[int, ...]] = {"wte.weight": (V, D), "wpe.weight": (cfg.max_len, D),
-                                        "ln_f.weight": (D,), "ln_f.bias": (D,)}
+  shapes: dict[str, tuple[int, ...]] = {
+    "wte.weight": (V, D),
+    "wpe.weight": (cfg.max_len, D),
+    "ln_f.weight": (D,),
+    "ln_f.bias": (D,),
+  }
   for i in range(cfg.n_layers):
     p = f"h.{i}."
-    shapes.update({
-        p + "ln_1.weight": (D,), p + "ln_1.bias": (D,),
-        p + "attn.c_attn.weight": (D, 3 * D), p + "attn.c_attn.bias": (3 * D,),
-        p + "attn.c_proj.weight": (D, D), p + "attn.c_proj.bias": (D,),
-        p + "ln_2.weight": (D,), p + "ln_2.bias": (D,),
-        p + "mlp.c_fc.weight": (D, F), p + "mlp.c_fc.bias": (F,),
-        p + "mlp.c_proj.weight": (F, D), p + "mlp.c_proj.bias": (D,),
-    })
+    shapes.update(
+      {
+        p + "ln_1.weight": (D,),
+        p + "ln_1.bias": (D,),
+        p + "attn.c_attn.weight": (D, 3 * D),
+        p + "attn.c_attn.bias": (3 * D,),
+        p + "attn.c_proj.weight": (D, D),
+        p + "attn.c_proj.bias": (D,),
+        p + "ln_2.weight": (D,),
+        p + "ln_2.bias": (D,),
+        p + "mlp.c_fc.weight": (D, F),
+        p + "mlp.c_fc.bias": (F,),
+        p + "mlp.c_proj.weight": (F, D),
+        p + "mlp.c_proj.bias": (D,),
+      }
+    )
   if not cfg.tie_embeddings:
     shapes["lm_head.weight"] = (V, D)
   return shapes
@@ -147,7 +195,7 @@ def normalize_hf_names(state: Mapping[str, Any]) -> dict[str, Any]:
   """Drops the `transformer.` prefix (GPT2LMHeadModel) so GPT2Model checkpoints read the same way."""
   out = {}
   for name, value in state.items():
-    key = name[len("transformer."):] if name.startswith("transformer.") else name
+    key = name[len("transformer.") :] if name.startswith("transformer.") else name
     if key in out:
       raise CheckpointError(f"tensor {key!r} appears both with and without the 'transformer.' prefix")
     out[key] = value
@@ -169,19 +217,22 @@ def validate_hf_state(state: Mapping[str, Any], cfg: ModelConfig, source: str = 
   if missing:
     hint = " (config.json says tie_word_embeddings=false)" if missing == ["lm_head.weight"] else ""
     raise CheckpointError(
-        f"{source} is missing {len(missing)} tensor(s) the config requires{hint}, e.g. {missing[:5]}; "
-        "the weights do not belong to this config.json")
+      f"{source} is missing {len(missing)} tensor(s) the config requires{hint}, e.g. {missing[:5]}; "
+      "the weights do not belong to this config.json"
+    )
   if unexpected:
     raise CheckpointError(
-        f"{source} has {len(unexpected)} tensor(s) a GPT-2 LM does not use, e.g. {sorted(unexpected)[:5]}; "
-        "only GPT2LMHeadModel / GPT2Model checkpoints can be imported")
+      f"{source} has {len(unexpected)} tensor(s) a GPT-2 LM does not use, e.g. {sorted(unexpected)[:5]}; "
+      "only GPT2LMHeadModel / GPT2Model checkpoints can be imported"
+    )
   for name, want in expected.items():
     got = tuple(used[name].shape)
     if got != want:
       raise CheckpointError(
-          f"tensor {name!r} in {source} has shape {got} but config.json (n_layer={cfg.n_layers}, n_embd={cfg.d_model}, "
-          f"n_head={cfg.n_heads}, n_inner={cfg.d_ff}, n_positions={cfg.max_len}, vocab_size={cfg.vocab_size}) "
-          f"implies {want}; fix config.json or use the matching weights")
+        f"tensor {name!r} in {source} has shape {got} but config.json (n_layer={cfg.n_layers}, n_embd={cfg.d_model}, "
+        f"n_head={cfg.n_heads}, n_inner={cfg.d_ff}, n_positions={cfg.max_len}, vocab_size={cfg.vocab_size}) "
+        f"implies {want}; fix config.json or use the matching weights"
+      )
   return used
 
 
@@ -193,21 +244,28 @@ def hf_state_to_params(state: Mapping[str, np.ndarray], cfg: ModelConfig, source
   def norm(prefix):
     return {"scale": hf[prefix + ".weight"], "bias": hf[prefix + ".bias"]}
 
-  params: dict[str, Any] = {"embed": {"embedding": hf["wte.weight"]}, "pos_embed": hf["wpe.weight"],
-                            "final_norm": norm("ln_f")}
+  params: dict[str, Any] = {
+    "embed": {"embedding": hf["wte.weight"]},
+    "pos_embed": hf["wpe.weight"],
+    "final_norm": norm("ln_f"),
+  }
   for i in range(cfg.n_layers):
     p = f"h.{i}."
     w_qkv, b_qkv = hf[p + "attn.c_attn.weight"], hf[p + "attn.c_attn.bias"]
     mixer = {}
     for j, name in enumerate(("query", "key", "value")):
-      mixer[f"{name}_kernel"] = w_qkv[:, j * D:(j + 1) * D].reshape(D, H, Dh)
-      mixer[f"{name}_bias"] = b_qkv[j * D:(j + 1) * D].reshape(H, Dh)
+      mixer[f"{name}_kernel"] = w_qkv[:, j * D : (j + 1) * D].reshape(D, H, Dh)
+      mixer[f"{name}_bias"] = b_qkv[j * D : (j + 1) * D].reshape(H, Dh)
     mixer["out_kernel"] = hf[p + "attn.c_proj.weight"].reshape(H, Dh, D)
     mixer["out_bias"] = hf[p + "attn.c_proj.bias"]
     params[f"layer_{i}"] = {
-        "mixer_norm": norm(p + "ln_1"), "mixer": mixer, "mlp_norm": norm(p + "ln_2"),
-        "mlp": {"wi": {"kernel": hf[p + "mlp.c_fc.weight"], "bias": hf[p + "mlp.c_fc.bias"]},
-                "wo": {"kernel": hf[p + "mlp.c_proj.weight"], "bias": hf[p + "mlp.c_proj.bias"]}},
+      "mixer_norm": norm(p + "ln_1"),
+      "mixer": mixer,
+      "mlp_norm": norm(p + "ln_2"),
+      "mlp": {
+        "wi": {"kernel": hf[p + "mlp.c_fc.weight"], "bias": hf[p + "mlp.c_fc.bias"]},
+        "wo": {"kernel": hf[p + "mlp.c_proj.weight"], "bias": hf[p + "mlp.c_proj.bias"]},
+      },
     }
   if not cfg.tie_embeddings:
     params["lm_head"] = np.ascontiguousarray(hf["lm_head.weight"].T)
@@ -226,13 +284,18 @@ def params_to_hf_state(params: Mapping[str, Any], cfg: ModelConfig) -> dict[str,
   params, cfg = param_layout.to_default_layout(params, cfg)  # unstack scan_layers / split fused_qkv
   p = jax.tree.map(lambda x: np.asarray(x, dtype=np.float32), dict(params))
   D = cfg.d_model
-  out = {"wte.weight": p["embed"]["embedding"], "wpe.weight": p["pos_embed"],
-         "ln_f.weight": p["final_norm"]["scale"], "ln_f.bias": p["final_norm"]["bias"]}
+  out = {
+    "wte.weight": p["embed"]["embedding"],
+    "wpe.weight": p["pos_embed"],
+    "ln_f.weight": p["final_norm"]["scale"],
+    "ln_f.bias": p["final_norm"]["bias"],
+  }
   for i in range(cfg.n_layers):
     layer, h = p[f"layer_{i}"], f"h.{i}."
     mixer = layer["mixer"]
     out[h + "attn.c_attn.weight"] = np.concatenate(
-        [mixer[f"{n}_kernel"].reshape(D, D) for n in ("query", "key", "value")], axis=1)
+      [mixer[f"{n}_kernel"].reshape(D, D) for n in ("query", "key", "value")], axis=1
+    )
     out[h + "attn.c_attn.bias"] = np.concatenate([mixer[f"{n}_bias"].reshape(D) for n in ("query", "key", "value")])
     out[h + "attn.c_proj.weight"] = mixer["out_kernel"].reshape(D, D)
     out[h + "attn.c_proj.bias"] = mixer["out_bias"]
@@ -258,13 +321,15 @@ def check_params_match_config(params: Mapping[str, Any], cfg: ModelConfig) -> No
   missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
   if missing or extra:
     raise CheckpointError(
-        f"parameter tree does not match the model config: missing {missing[:5]}, unexpected {extra[:5]}; "
-        "pass the config (--preset or model_config.json) these parameters were trained with")
+      f"parameter tree does not match the model config: missing {missing[:5]}, unexpected {extra[:5]}; "
+      "pass the config (--preset or model_config.json) these parameters were trained with"
+    )
   for path, shape in want.items():
     if got[path] != shape:
       raise CheckpointError(
-          f"parameter {path} has shape {got[path]} but the model config needs {shape}; "
-          "pass the config (--preset or model_config.json) these parameters were trained with")
+        f"parameter {path} has shape {got[path]} but the model config needs {shape}; "
+        "pass the config (--preset or model_config.json) these parameters were trained with"
+      )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -291,8 +356,9 @@ def _load_torch(path: Path) -> dict[str, np.ndarray]:
     import torch
   except ImportError as e:
     raise ImportError(
-        f"{path} is a PyTorch state dict and reading it needs torch (`pip install -e '.[hf]'`); "
-        "a checkpoint saved as model.safetensors imports without torch") from e
+      f"{path} is a PyTorch state dict and reading it needs torch (`pip install -e '.[hf]'`); "
+      "a checkpoint saved as model.safetensors imports without torch"
+    ) from e
   state = torch.load(str(path), map_location="cpu", weights_only=True)
   if not isinstance(state, Mapping):
     raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict of tensors")
@@ -315,17 +381,22 @@ def _load_sharded(index_path: Path, loader) -> dict[str, np.ndarray]:
 def read_hf_state(hf_dir: str | Path) -> tuple[dict[str, np.ndarray], str]:
   """All tensors of a local HF checkpoint directory (names normalised) and the file they came from."""
   d = Path(hf_dir)
-  candidates = [(SAFETENSORS_FILE, _load_safetensors, False), (SAFETENSORS_INDEX, _load_safetensors, True),
-                (TORCH_FILE, _load_torch, False), (TORCH_INDEX, _load_torch, True)]
+  candidates = [
+    (SAFETENSORS_FILE, _load_safetensors, False),
+    (SAFETENSORS_INDEX, _load_safetensors, True),
+    (TORCH_FILE, _load_torch, False),
+    (TORCH_INDEX, _load_torch, True),
+  ]
   for name, loader, sharded in candidates:
     path = d / name
     if path.is_file():
       state = _load_sharded(path, loader) if sharded else loader(path)
       return normalize_hf_names(state), str(path)
   raise CheckpointError(
-      f"no weights in {d}: expected one of {[c[0] for c in candidates]} (as written by `save_pretrained`). "
-      "Download the model to a local directory first, e.g. "
-      "`hf download gpt2 config.json model.safetensors --local-dir DIR`")
+    f"no weights in {d}: expected one of {[c[0] for c in candidates]} (as written by `save_pretrained`). "
+    "Download the model to a local directory first, e.g. "
+    "`hf download gpt2 config.json model.safetensors --local-dir DIR`"
+  )
 
 
 def import_hf_gpt2(hf_dir: str | Path, *, attention_impl: str = "auto") -> tuple[dict, ModelConfig]:
@@ -341,8 +412,9 @@ def import_hf_gpt2(hf_dir: str | Path, *, attention_impl: str = "auto") -> tuple
   return hf_state_to_params(state, cfg, source), cfg
 
 
-def export_hf_gpt2(params: Mapping[str, Any], cfg: ModelConfig, out_dir: str | Path, *,
-                   eos_token_id: int | None = None) -> Path:
+def export_hf_gpt2(
+  params: Mapping[str, Any], cfg: ModelConfig, out_dir: str | Path, *, eos_token_id: int | None = None
+) -> Path:
   """Writes `config.json` + `model.safetensors` that `GPT2LMHeadModel.from_pretrained(out_dir)` loads."""
   try:
     from safetensors.numpy import save_file

@@ -40,25 +40,49 @@ from modernlm_jax.model.config import ModelConfig
 
 # Fields whose value this module maps (or checks); any other field that differs from its default is refused, so a
 # flag added to ModelConfig later cannot be silently dropped by an export.
-_MAPPED = {"vocab_size", "max_len", "n_layers", "d_model", "n_heads", "d_ff", "positions", "rope_theta", "norm",
-           "norm_eps", "mlp", "use_bias", "tie_embeddings", "attn_gate", "attn_sinks", "qk_norm", "layer_pattern",
-           "init_std"}
+_MAPPED = {
+  "vocab_size",
+  "max_len",
+  "n_layers",
+  "d_model",
+  "n_heads",
+  "d_ff",
+  "positions",
+  "rope_theta",
+  "norm",
+  "norm_eps",
+  "mlp",
+  "use_bias",
+  "tie_embeddings",
+  "attn_gate",
+  "attn_sinks",
+  "qk_norm",
+  "layer_pattern",
+  "init_std",
+}
 # Fields that do not change the function the model computes (or only matter for non-attention mixers, which are
 # refused anyway).
 _IRRELEVANT = {"family", "attention_impl", "dtype", "remat", "ssm_state", "ssm_heads", "rwkv_heads"}
 _REQUIRED = {"positions": "rope", "norm": "rmsnorm", "mlp": "swiglu", "attn_gate": "none", "attn_sinks": False}
-_WHY = {"positions": "Llama uses RoPE only (ALiBi, learned or no positions have no HF Llama field)",
-        "norm": "Llama uses RMSNorm", "mlp": "Llama uses SwiGLU",
-        "attn_gate": "HF Llama has no attention output gate", "attn_sinks": "HF Llama has no attention-sink logits"}
+_WHY = {
+  "positions": "Llama uses RoPE only (ALiBi, learned or no positions have no HF Llama field)",
+  "norm": "Llama uses RMSNorm",
+  "mlp": "Llama uses SwiGLU",
+  "attn_gate": "HF Llama has no attention output gate",
+  "attn_sinks": "HF Llama has no attention-sink logits",
+}
 
 
 def architecture_for(cfg: ModelConfig) -> str:
   """'llama' or 'qwen3' (QK-norm); raises CheckpointError naming every option HF cannot represent."""
-  bad = [f"model.{k}={getattr(cfg, k)!r} ({_WHY[k]}; needs {v!r})" for k, v in _REQUIRED.items()
-         if getattr(cfg, k) != v]
+  bad = [
+    f"model.{k}={getattr(cfg, k)!r} ({_WHY[k]}; needs {v!r})" for k, v in _REQUIRED.items() if getattr(cfg, k) != v
+  ]
   if any(kind != "attn" for kind in cfg.mixers):
-    bad.append(f"model.layer_pattern={list(cfg.layer_pattern)} (recurrent mixers have no HF Llama equivalent; "
-               "needs attention in every layer)")
+    bad.append(
+      f"model.layer_pattern={list(cfg.layer_pattern)} (recurrent mixers have no HF Llama equivalent; "
+      "needs attention in every layer)"
+    )
   defaults = ModelConfig()
   for f in dataclasses.fields(ModelConfig):
     if f.name not in _MAPPED | _IRRELEVANT and getattr(cfg, f.name) != getattr(defaults, f.name):
@@ -70,29 +94,49 @@ def architecture_for(cfg: ModelConfig) -> str:
   return "qwen3" if cfg.qk_norm else "llama"
 
 
-def hf_config_from(cfg: ModelConfig, *, eos_token_id: int | None = None, bos_token_id: int | None = None
-                   ) -> dict[str, Any]:
+def hf_config_from(
+  cfg: ModelConfig, *, eos_token_id: int | None = None, bos_token_id: int | None = None
+) -> dict[str, Any]:
   """The `config.json` dict (LlamaForCausalLM, or Qwen3ForCausalLM when qk_norm) for a modern-family config."""
   arch = architecture_for(cfg)
   for name, tid in (("eos_token_id", eos_token_id), ("bos_token_id", bos_token_id)):
     if tid is not None and not 0 <= tid < cfg.vocab_size:
       raise CheckpointError(f"{name}={tid} is outside the vocabulary [0, {cfg.vocab_size})")
   out: dict[str, Any] = {
-      "architectures": ["Qwen3ForCausalLM" if arch == "qwen3" else "LlamaForCausalLM"], "model_type": arch,
-      "vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model, "intermediate_size": cfg.d_ff,
-      "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads, "num_key_value_heads": cfg.n_heads,
-      "head_dim": cfg.head_dim, "hidden_act": "silu", "max_position_embeddings": cfg.max_len,
-      "rms_norm_eps": cfg.norm_eps, "initializer_range": cfg.init_std, "tie_word_embeddings": cfg.tie_embeddings,
-      # Both spellings: transformers >= 5 reads rope_parameters, older versions rope_theta.
-      "rope_theta": cfg.rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
-      "attention_bias": cfg.use_bias, "attention_dropout": 0.0, "use_cache": True,
-      "bos_token_id": bos_token_id, "eos_token_id": eos_token_id, "pad_token_id": None, "dtype": "float32",
+    "architectures": ["Qwen3ForCausalLM" if arch == "qwen3" else "LlamaForCausalLM"],
+    "model_type": arch,
+    "vocab_size": cfg.vocab_size,
+    "hidden_size": cfg.d_model,
+    "intermediate_size": cfg.d_ff,
+    "num_hidden_layers": cfg.n_layers,
+    "num_attention_heads": cfg.n_heads,
+    "num_key_value_heads": cfg.n_heads,
+    "head_dim": cfg.head_dim,
+    "hidden_act": "silu",
+    "max_position_embeddings": cfg.max_len,
+    "rms_norm_eps": cfg.norm_eps,
+    "initializer_range": cfg.init_std,
+    "tie_word_embeddings": cfg.tie_embeddings,
+    # Both spellings: transformers >= 5 reads rope_parameters, older versions rope_theta.
+    "rope_theta": cfg.rope_theta,
+    "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+    "attention_bias": cfg.use_bias,
+    "attention_dropout": 0.0,
+    "use_cache": True,
+    "bos_token_id": bos_token_id,
+    "eos_token_id": eos_token_id,
+    "pad_token_id": None,
+    "dtype": "float32",
   }
   if arch == "llama":
     out.update(mlp_bias=cfg.use_bias, pretraining_tp=1)
   else:
-    out.update(use_sliding_window=False, sliding_window=None, max_window_layers=cfg.n_layers,
-               layer_types=["full_attention"] * cfg.n_layers)
+    out.update(
+      use_sliding_window=False,
+      sliding_window=None,
+      max_window_layers=cfg.n_layers,
+      layer_types=["full_attention"] * cfg.n_layers,
+    )
   return out
 
 
@@ -101,8 +145,10 @@ def _rope_theta(hf: Mapping[str, Any], source: str) -> float:
   scaling = hf.get("rope_scaling") or {}
   kind = rope.get("rope_type", scaling.get("rope_type", scaling.get("type", "default")))
   if kind != "default":
-    raise CheckpointError(f"{source} uses rope_type={kind!r}; only plain RoPE (rope_type 'default') maps onto our "
-                          "model (no NTK/YaRN/llama3 scaling)")
+    raise CheckpointError(
+      f"{source} uses rope_type={kind!r}; only plain RoPE (rope_type 'default') maps onto our "
+      "model (no NTK/YaRN/llama3 scaling)"
+    )
   return float(rope.get("rope_theta", hf.get("rope_theta", 10000.0)))
 
 
@@ -110,10 +156,15 @@ def config_from_hf(hf: Mapping[str, Any], *, attention_impl: str = "auto", sourc
   """Our modern-family ModelConfig for a Llama / Qwen3 `config.json` dict; refuses what we cannot reproduce."""
   model_type = hf.get("model_type")
   if model_type not in ("llama", "qwen3"):
-    raise CheckpointError(f"{source} has model_type={model_type!r}; the Llama import reads model_type 'llama' "
-                          "(LlamaForCausalLM) or 'qwen3' (QK-norm); GPT-2 checkpoints use --format gpt2")
-  missing = [k for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                         "num_attention_heads") if k not in hf]
+    raise CheckpointError(
+      f"{source} has model_type={model_type!r}; the Llama import reads model_type 'llama' "
+      "(LlamaForCausalLM) or 'qwen3' (QK-norm); GPT-2 checkpoints use --format gpt2"
+    )
+  missing = [
+    k
+    for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+    if k not in hf
+  ]
   if missing:
     raise CheckpointError(f"{source} lacks {missing}; re-save the model with `save_pretrained` to get a full config")
   d, h = int(hf["hidden_size"]), int(hf["num_attention_heads"])
@@ -138,11 +189,24 @@ def config_from_hf(hf: Mapping[str, Any], *, attention_impl: str = "auto", sourc
   if bad:
     raise CheckpointError(f"{source} uses options our model does not implement: " + "; ".join(bad))
   return ModelConfig(
-      family="modern", vocab_size=int(hf["vocab_size"]), max_len=int(hf.get("max_position_embeddings", 2048)),
-      n_layers=int(hf["num_hidden_layers"]), d_model=d, n_heads=h, d_ff=int(hf["intermediate_size"]),
-      positions="rope", rope_theta=_rope_theta(hf, source), norm="rmsnorm", norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-      mlp="swiglu", use_bias=attn_bias, tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-      qk_norm=model_type == "qwen3", init_std=float(hf.get("initializer_range", 0.02)), attention_impl=attention_impl)
+    family="modern",
+    vocab_size=int(hf["vocab_size"]),
+    max_len=int(hf.get("max_position_embeddings", 2048)),
+    n_layers=int(hf["num_hidden_layers"]),
+    d_model=d,
+    n_heads=h,
+    d_ff=int(hf["intermediate_size"]),
+    positions="rope",
+    rope_theta=_rope_theta(hf, source),
+    norm="rmsnorm",
+    norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+    mlp="swiglu",
+    use_bias=attn_bias,
+    tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+    qk_norm=model_type == "qwen3",
+    init_std=float(hf.get("initializer_range", 0.02)),
+    attention_impl=attention_impl,
+  )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -154,15 +218,29 @@ def expected_hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
   shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (V, D), "model.norm.weight": (D,)}
   for i in range(cfg.n_layers):
     p = f"model.layers.{i}."
-    shapes.update({p + "input_layernorm.weight": (D,), p + "post_attention_layernorm.weight": (D,),
-                   p + "self_attn.q_proj.weight": (HD, D), p + "self_attn.k_proj.weight": (HD, D),
-                   p + "self_attn.v_proj.weight": (HD, D), p + "self_attn.o_proj.weight": (D, HD),
-                   p + "mlp.gate_proj.weight": (F, D), p + "mlp.up_proj.weight": (F, D),
-                   p + "mlp.down_proj.weight": (D, F)})
+    shapes.update(
+      {
+        p + "input_layernorm.weight": (D,),
+        p + "post_attention_layernorm.weight": (D,),
+        p + "self_attn.q_proj.weight": (HD, D),
+        p + "self_attn.k_proj.weight": (HD, D),
+        p + "self_attn.v_proj.weight": (HD, D),
+        p + "self_attn.o_proj.weight": (D, HD),
+        p + "mlp.gate_proj.weight": (F, D),
+        p + "mlp.up_proj.weight": (F, D),
+        p + "mlp.down_proj.weight": (D, F),
+      }
+    )
     if cfg.use_bias:
       shapes.update({p + f"self_attn.{n}_proj.bias": (HD,) for n in "qkv"})
-      shapes.update({p + "self_attn.o_proj.bias": (D,), p + "mlp.gate_proj.bias": (F,), p + "mlp.up_proj.bias": (F,),
-                     p + "mlp.down_proj.bias": (D,)})
+      shapes.update(
+        {
+          p + "self_attn.o_proj.bias": (D,),
+          p + "mlp.gate_proj.bias": (F,),
+          p + "mlp.up_proj.bias": (F,),
+          p + "mlp.down_proj.bias": (D,),
+        }
+      )
     if cfg.qk_norm:
       shapes.update({p + "self_attn.q_norm.weight": (cfg.head_dim,), p + "self_attn.k_norm.weight": (cfg.head_dim,)})
   if not cfg.tie_embeddings:
@@ -173,18 +251,27 @@ def expected_hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 def _validated(state: Mapping[str, Any], cfg: ModelConfig, source: str) -> dict[str, np.ndarray]:
   expected = expected_hf_shapes(cfg)
   state = {k if k.startswith(("model.", "lm_head.")) else "model." + k: v for k, v in state.items()}
-  unexpected = sorted(k for k in state if k not in expected and not (k == "lm_head.weight" and cfg.tie_embeddings)
-                      and not k.endswith("rotary_emb.inv_freq"))
+  unexpected = sorted(
+    k
+    for k in state
+    if k not in expected
+    and not (k == "lm_head.weight" and cfg.tie_embeddings)
+    and not k.endswith("rotary_emb.inv_freq")
+  )
   missing = sorted(set(expected) - set(state))
   if missing:
-    raise CheckpointError(f"{source} is missing {len(missing)} tensor(s) the config requires, e.g. {missing[:5]}; "
-                          "the weights do not belong to this config.json")
+    raise CheckpointError(
+      f"{source} is missing {len(missing)} tensor(s) the config requires, e.g. {missing[:5]}; "
+      "the weights do not belong to this config.json"
+    )
   if unexpected:
     raise CheckpointError(f"{source} has {len(unexpected)} tensor(s) this config does not use, e.g. {unexpected[:5]}")
   for name, want in expected.items():
     if tuple(state[name].shape) != want:
-      raise CheckpointError(f"tensor {name!r} in {source} has shape {tuple(state[name].shape)} but config.json "
-                            f"implies {want}; fix config.json or use the matching weights")
+      raise CheckpointError(
+        f"tensor {name!r} in {source} has shape {tuple(state[name].shape)} but config.json "
+        f"implies {want}; fix config.json or use the matching weights"
+      )
   return {k: np.asarray(state[k], dtype=np.float32) for k in expected}
 
 
@@ -193,15 +280,21 @@ def hf_state_to_params(state: Mapping[str, Any], cfg: ModelConfig, source: str =
   architecture_for(cfg)
   hf = _validated(state, cfg, source)
   D, H, Dh = cfg.d_model, cfg.n_heads, cfg.head_dim
-  params: dict[str, Any] = {"embed": {"embedding": hf["model.embed_tokens.weight"]},
-                            "final_norm": {"scale": hf["model.norm.weight"]}}
+  params: dict[str, Any] = {
+    "embed": {"embedding": hf["model.embed_tokens.weight"]},
+    "final_norm": {"scale": hf["model.norm.weight"]},
+  }
   for i in range(cfg.n_layers):
     p = f"model.layers.{i}."
-    mixer = {f"{ours}_kernel": hf[p + f"self_attn.{n}_proj.weight"].T.reshape(D, H, Dh)
-             for ours, n in (("query", "q"), ("key", "k"), ("value", "v"))}
+    mixer = {
+      f"{ours}_kernel": hf[p + f"self_attn.{n}_proj.weight"].T.reshape(D, H, Dh)
+      for ours, n in (("query", "q"), ("key", "k"), ("value", "v"))
+    }
     mixer["out_kernel"] = hf[p + "self_attn.o_proj.weight"].T.reshape(H, Dh, D)
-    mlp = {ours: {"kernel": hf[p + f"mlp.{n}_proj.weight"].T}
-           for ours, n in (("wi_gate", "gate"), ("wi_up", "up"), ("wo", "down"))}
+    mlp = {
+      ours: {"kernel": hf[p + f"mlp.{n}_proj.weight"].T}
+      for ours, n in (("wi_gate", "gate"), ("wi_up", "up"), ("wo", "down"))
+    }
     if cfg.use_bias:
       for ours, n in (("query", "q"), ("key", "k"), ("value", "v")):
         mixer[f"{ours}_bias"] = hf[p + f"self_attn.{n}_proj.bias"].reshape(H, Dh)
@@ -211,8 +304,12 @@ def hf_state_to_params(state: Mapping[str, Any], cfg: ModelConfig, source: str =
     if cfg.qk_norm:
       mixer["q_norm"] = {"scale": hf[p + "self_attn.q_norm.weight"]}
       mixer["k_norm"] = {"scale": hf[p + "self_attn.k_norm.weight"]}
-    params[f"layer_{i}"] = {"mixer_norm": {"scale": hf[p + "input_layernorm.weight"]}, "mixer": mixer,
-                            "mlp_norm": {"scale": hf[p + "post_attention_layernorm.weight"]}, "mlp": mlp}
+    params[f"layer_{i}"] = {
+      "mixer_norm": {"scale": hf[p + "input_layernorm.weight"]},
+      "mixer": mixer,
+      "mlp_norm": {"scale": hf[p + "post_attention_layernorm.weight"]},
+      "mlp": mlp,
+    }
   if not cfg.tie_embeddings:
     params["lm_head"] = hf["lm_head.weight"].T
   params = jax.tree.map(np.ascontiguousarray, params)
@@ -261,10 +358,19 @@ def tokenizer_files(tokenizer, out: Path) -> list[str]:
 
   if isinstance(tokenizer, SentencePieceTokenizer):
     shutil.copyfile(tokenizer.path, out / "tokenizer.model")
-    tok_config = {"tokenizer_class": "LlamaTokenizer", "add_bos_token": False, "add_eos_token": False,
-                  "legacy": False, "add_prefix_space": None, "clean_up_tokenization_spaces": False,
-                  "eos_token": tokenizer._sp.id_to_piece(tokenizer.eos_id), "unk_token": tokenizer._sp.id_to_piece(0),
-                  "bos_token": None, "pad_token": None, "model_max_length": 1_000_000_000}
+    tok_config = {
+      "tokenizer_class": "LlamaTokenizer",
+      "add_bos_token": False,
+      "add_eos_token": False,
+      "legacy": False,
+      "add_prefix_space": None,
+      "clean_up_tokenization_spaces": False,
+      "eos_token": tokenizer._sp.id_to_piece(tokenizer.eos_id),
+      "unk_token": tokenizer._sp.id_to_piece(0),
+      "bos_token": None,
+      "pad_token": None,
+      "model_max_length": 1_000_000_000,
+    }
     names = ["tokenizer.model", "tokenizer_config.json"]
   elif isinstance(tokenizer, GPT2Tokenizer):
     folder = default_gpt2_vocab_dir()
@@ -272,8 +378,14 @@ def tokenizer_files(tokenizer, out: Path) -> list[str]:
       return []  # built from other vocabulary files, which the tokenizer object does not keep the path of
     shutil.copyfile(folder / "encoder.json", out / "vocab.json")
     shutil.copyfile(folder / "vocab.bpe", out / "merges.txt")
-    tok_config = {"tokenizer_class": "GPT2Tokenizer", "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
-                  "unk_token": "<|endoftext|>", "add_prefix_space": False, "model_max_length": 1_000_000_000}
+    tok_config = {
+      "tokenizer_class": "GPT2Tokenizer",
+      "bos_token": "<|endoftext|>",
+      "eos_token": "<|endoftext|>",
+      "unk_token": "<|endoftext|>",
+      "add_prefix_space": False,
+      "model_max_length": 1_000_000_000,
+    }
     names = ["vocab.json", "merges.txt", "tokenizer_config.json"]
   else:
     return []
@@ -285,8 +397,9 @@ def tokenizer_files(tokenizer, out: Path) -> list[str]:
 # Directories
 
 
-def export_hf_llama(params: Mapping[str, Any], cfg: ModelConfig, out_dir: str | Path, *, tokenizer=None,
-                    eos_token_id: int | None = None) -> tuple[Path, list[str]]:
+def export_hf_llama(
+  params: Mapping[str, Any], cfg: ModelConfig, out_dir: str | Path, *, tokenizer=None, eos_token_id: int | None = None
+) -> tuple[Path, list[str]]:
   """Writes config.json + model.safetensors (+ tokenizer files) that `AutoModelForCausalLM.from_pretrained` loads."""
   try:
     from safetensors.numpy import save_file
@@ -301,8 +414,9 @@ def export_hf_llama(params: Mapping[str, Any], cfg: ModelConfig, out_dir: str | 
   save_file(state, str(out / SAFETENSORS_FILE), metadata={"format": "pt"})
   (out / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
   if eos_token_id is not None:
-    (out / "generation_config.json").write_text(json.dumps(
-        {"eos_token_id": eos_token_id, "pad_token_id": eos_token_id, "bos_token_id": None}, indent=2) + "\n")
+    (out / "generation_config.json").write_text(
+      json.dumps({"eos_token_id": eos_token_id, "pad_token_id": eos_token_id, "bos_token_id": None}, indent=2) + "\n"
+    )
   written = tokenizer_files(tokenizer, out) if tokenizer is not None else []
   return out, written
 

@@ -48,9 +48,25 @@ from modernlm_jax.train.synthetic import SyntheticBatches
 # Defaults when bench.batch_size / seq_len / steps / warmup are left "auto" (0, 0, 0, -1).
 ACCELERATOR_DEFAULTS = dict(batch_size=16, seq_len=1024, steps=20, warmup=3)
 CPU_DEFAULTS = dict(batch_size=4, seq_len=128, steps=5, warmup=1)
-RESULT_FIELDS = ("preset", "backend", "device_kind", "num_devices", "tokens_per_s", "step_ms", "model_tflops", "mfu",
-                 "peak_tflops_per_device", "flops_per_token", "xla_flops_per_token", "compile_s", "peak_memory_bytes", "peak_memory_source",
-                 "loss", "params", "config")
+RESULT_FIELDS = (
+  "preset",
+  "backend",
+  "device_kind",
+  "num_devices",
+  "tokens_per_s",
+  "step_ms",
+  "model_tflops",
+  "mfu",
+  "peak_tflops_per_device",
+  "flops_per_token",
+  "xla_flops_per_token",
+  "compile_s",
+  "peak_memory_bytes",
+  "peak_memory_source",
+  "loss",
+  "params",
+  "config",
+)
 
 
 def resolve(config) -> ml_collections.ConfigDict:
@@ -120,15 +136,26 @@ def mesh_context(mesh):
 
 def _train_iterator(c, workdir):
   if bool(c.bench.synthetic):
-    return SyntheticBatches(batch_size=int(c.train.batch_size), seq_len=int(c.data.seq_len),
-                            vocab_size=int(c.model.vocab_size), seed=int(c.seed), process_index=jax.process_index(),
-                            process_count=jax.process_count())
+    return SyntheticBatches(
+      batch_size=int(c.train.batch_size),
+      seq_len=int(c.data.seq_len),
+      vocab_size=int(c.model.vocab_size),
+      seed=int(c.seed),
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+    )
   from modernlm_jax.data.pipeline import make_train_iterator
   from modernlm_jax.jobs.common import run_tokenizer
 
   tok = run_tokenizer(c, workdir)
-  return make_train_iterator(c.data, tok, seed=int(c.seed), global_batch_size=int(c.train.batch_size),
-                             process_index=jax.process_index(), process_count=jax.process_count())
+  return make_train_iterator(
+    c.data,
+    tok,
+    seed=int(c.seed),
+    global_batch_size=int(c.train.batch_size),
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
 
 
 def _xla_flops(compiled) -> float | None:
@@ -156,8 +183,12 @@ def build(config, workdir: str | Path) -> BenchSetup:
   make_state = lambda: create_state(model_cfg, optimizer, int(c.seed))
   shardings = state_shardings(jax.eval_shape(make_state), model_cfg, mesh)
   state = jax.jit(make_state, out_shardings=shardings)()
-  step = jit_train_step(make_train_step(objective, optimizer, schedule, accum_steps=accum,
-                                       guard_nonfinite=bool(c.train.skip_nonfinite)), shardings, mesh, accum)
+  step = jit_train_step(
+    make_train_step(objective, optimizer, schedule, accum_steps=accum, guard_nonfinite=bool(c.train.skip_nonfinite)),
+    shardings,
+    mesh,
+    accum,
+  )
   batches = DevicePrefetcher(_train_iterator(c, workdir), mesh, accum_steps=accum, size=2)
   try:
     first, _ = next(batches)
@@ -170,12 +201,22 @@ def build(config, workdir: str | Path) -> BenchSetup:
     raise
   state, first_metrics = compiled(state, first)  # the first batch is not wasted: it is warm-up step 0
   has_segments = objective.use_segment_ids if hasattr(objective, "use_segment_ids") else True
-  kernel = select_attention_impl(model_cfg, backend=jax.default_backend(), has_segments=has_segments,
-                                 decoding=False, seq_len=int(c.data.seq_len))
+  kernel = select_attention_impl(
+    model_cfg, backend=jax.default_backend(), has_segments=has_segments, decoding=False, seq_len=int(c.data.seq_len)
+  )
   logging.info("bench: compiled in %.1fs; attention kernel %s (%s)", compile_s, *kernel)
-  return BenchSetup(config=c, model_cfg=model_cfg, mesh=mesh, compiled=compiled, state=state, batches=batches,
-                    compile_s=compile_s, kernel=kernel, cost_flops_per_step=_xla_flops(compiled),
-                    first_metrics=first_metrics)
+  return BenchSetup(
+    config=c,
+    model_cfg=model_cfg,
+    mesh=mesh,
+    compiled=compiled,
+    state=state,
+    batches=batches,
+    compile_s=compile_s,
+    kernel=kernel,
+    cost_flops_per_step=_xla_flops(compiled),
+    first_metrics=first_metrics,
+  )
 
 
 def peak_memory() -> tuple[int | None, str]:
@@ -207,31 +248,38 @@ def measure(setup: BenchSetup) -> dict[str, Any]:
   mem, mem_source = peak_memory()
   device = jax.devices()[0]
   return {
-      "preset": str(c.get("preset", "")),
-      "backend": jax.default_backend(),
-      "device_kind": getattr(device, "device_kind", str(device)),
-      "num_devices": int(n_dev),
-      "tokens_per_s": tokens_per_s,
-      "step_ms": 1e3 * seconds / steps,
-      "model_tflops": fpt * tokens_per_s / 1e12,
-      "mfu": fpt * tokens_per_s / (peak * n_dev) if peak else None,
-      "peak_tflops_per_device": peak / 1e12 if peak else None,
-      "flops_per_token": fpt,
-      "xla_flops_per_token": setup.cost_flops_per_step / (B * T) if setup.cost_flops_per_step else None,
-      "compile_s": setup.compile_s,
-      "peak_memory_bytes": mem,
-      "peak_memory_source": mem_source,
-      "loss": float(metrics["loss"]),
-      "params": count_params(setup.model_cfg)["total"],
-      "config": {
-          "steps": steps, "warmup": int(c.bench.warmup), "synthetic": bool(c.bench.synthetic),
-          "data_source": "synthetic" if c.bench.synthetic else str(c.data.get("source", "")),
-          "batch_size": B, "seq_len": T, "accum_steps": int(c.train.accum_steps),
-          "dtype": setup.model_cfg.dtype, "attention_impl": setup.model_cfg.attention_impl,
-          "attention_kernel": setup.kernel[0], "attention_kernel_reason": setup.kernel[1],
-          "loss_chunk": int(c.train.loss_chunk), "remat": setup.model_cfg.remat,
-          "mesh": {k: int(v) for k, v in setup.mesh.shape.items()},
-      },
+    "preset": str(c.get("preset", "")),
+    "backend": jax.default_backend(),
+    "device_kind": getattr(device, "device_kind", str(device)),
+    "num_devices": int(n_dev),
+    "tokens_per_s": tokens_per_s,
+    "step_ms": 1e3 * seconds / steps,
+    "model_tflops": fpt * tokens_per_s / 1e12,
+    "mfu": fpt * tokens_per_s / (peak * n_dev) if peak else None,
+    "peak_tflops_per_device": peak / 1e12 if peak else None,
+    "flops_per_token": fpt,
+    "xla_flops_per_token": setup.cost_flops_per_step / (B * T) if setup.cost_flops_per_step else None,
+    "compile_s": setup.compile_s,
+    "peak_memory_bytes": mem,
+    "peak_memory_source": mem_source,
+    "loss": float(metrics["loss"]),
+    "params": count_params(setup.model_cfg)["total"],
+    "config": {
+      "steps": steps,
+      "warmup": int(c.bench.warmup),
+      "synthetic": bool(c.bench.synthetic),
+      "data_source": "synthetic" if c.bench.synthetic else str(c.data.get("source", "")),
+      "batch_size": B,
+      "seq_len": T,
+      "accum_steps": int(c.train.accum_steps),
+      "dtype": setup.model_cfg.dtype,
+      "attention_impl": setup.model_cfg.attention_impl,
+      "attention_kernel": setup.kernel[0],
+      "attention_kernel_reason": setup.kernel[1],
+      "loss_chunk": int(c.train.loss_chunk),
+      "remat": setup.model_cfg.remat,
+      "mesh": {k: int(v) for k, v in setup.mesh.shape.items()},
+    },
   }
 
 
@@ -251,12 +299,13 @@ def run(config, workdir: str | Path) -> dict[str, Any]:
         print(json.dumps(result), flush=True)
         (workdir / "bench.json").write_text(json.dumps(result, indent=2))
       if int(setup.config.bench.profile_steps) > 0:
-        setup.state = trace_summary.trace_steps(setup.compiled, setup.state, setup.batches,
-                                          int(setup.config.bench.profile_steps), workdir / "profile")
+        setup.state = trace_summary.trace_steps(
+          setup.compiled, setup.state, setup.batches, int(setup.config.bench.profile_steps), workdir / "profile"
+        )
         if jax.process_index() == 0:
-          result["top_ops"] = [dataclasses.asdict(r) for r in trace_summary.summarize(workdir / "profile",
-                                                                                int(setup.config.bench.top_ops))]
+          result["top_ops"] = [
+            dataclasses.asdict(r) for r in trace_summary.summarize(workdir / "profile", int(setup.config.bench.top_ops))
+          ]
   finally:
     setup.close()
   return result
-

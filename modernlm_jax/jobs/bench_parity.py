@@ -61,12 +61,17 @@ def run(config, workdir: str | Path, steps: int = 10) -> dict:
   for i, (a, b, d) in enumerate(zip(fast, ref, diff)):
     print(f"{i:>4}  {a:>10.5f}  {b:>10.5f}  {d:>8.5f}", flush=True)
   summary = {
-      "preset": str(config.get("preset", "")), "steps": int(steps),
-      "optimised": {"dtype": results["optimised"][1].dtype, "kernel": results["optimised"][2][0],
-                    "loss_chunk": int(config.bench.loss_chunk), "losses": fast.tolist()},
-      "reference": {"dtype": results["reference"][1].dtype, "kernel": results["reference"][2][0],
-                    "losses": ref.tolist()},
-      "max_abs_diff": float(diff.max()), "max_rel_diff": float((diff / np.abs(ref)).max()),
+    "preset": str(config.get("preset", "")),
+    "steps": int(steps),
+    "optimised": {
+      "dtype": results["optimised"][1].dtype,
+      "kernel": results["optimised"][2][0],
+      "loss_chunk": int(config.bench.loss_chunk),
+      "losses": fast.tolist(),
+    },
+    "reference": {"dtype": results["reference"][1].dtype, "kernel": results["reference"][2][0], "losses": ref.tolist()},
+    "max_abs_diff": float(diff.max()),
+    "max_rel_diff": float((diff / np.abs(ref)).max()),
   }
   print(json.dumps(summary), flush=True)
   return summary

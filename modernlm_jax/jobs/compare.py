@@ -56,11 +56,16 @@ def _load_or_new(path: Path, proto: dict, members: list[Member]) -> dict:
   if not path.is_file():
     return results
   old = results_lib.load(path)
-  changed = {k: (old["protocol"].get(k), proto.get(k)) for k in plan_lib.PROTOCOL_IDENTITY_KEYS
-             if old["protocol"].get(k) != proto.get(k)}
+  changed = {
+    k: (old["protocol"].get(k), proto.get(k))
+    for k in plan_lib.PROTOCOL_IDENTITY_KEYS
+    if old["protocol"].get(k) != proto.get(k)
+  }
   if changed:
-    raise ValueError(f"{path} holds a comparison with a different protocol (saved, now): {changed}. Nothing was "
-                     "changed; use a new --workdir, or the saved settings to resume.")
+    raise ValueError(
+      f"{path} holds a comparison with a different protocol (saved, now): {changed}. Nothing was "
+      "changed; use a new --workdir, or the saved settings to resume."
+    )
   wanted = {(m.arm, m.scale, m.seed) for m in members}
   for run in old["runs"]:
     if results_lib.run_key(run) in wanted:
@@ -113,7 +118,8 @@ class _Context:
   def stream(self, tokenizer) -> tuple[np.ndarray, int]:
     if tokenizer.identity not in self.streams:
       self.streams[tokenizer.identity] = member_eval.validation_stream(
-          self.config.data, tokenizer, int(self.config.data.val_tokens))
+        self.config.data, tokenizer, int(self.config.data.val_tokens)
+      )
     return self.streams[tokenizer.identity]
 
 
@@ -145,39 +151,65 @@ def _evaluate_member(ctx: _Context, member: Member, mcfg, params, tok, tokens_pe
   fwd = member_eval.forward_fn_for(params, model_cfg)
   context = min(seq_len, model_cfg.max_len)  # the context it was trained at: later positions never trained
   seen = member_eval.tokens_seen(run_dir) or budget
-  data = {"tokens_seen": int(seen), "tokens_per_epoch": tokens_per_epoch,
-          "epochs": None if not tokens_per_epoch else seen / tokens_per_epoch}
+  data = {
+    "tokens_seen": int(seen),
+    "tokens_per_epoch": tokens_per_epoch,
+    "epochs": None if not tokens_per_epoch else seen / tokens_per_epoch,
+  }
   log.info("[compare] %s: validation loss / bits per byte", member.name)
   final = member_eval.final_metrics(
-      fwd, ctx.stream(tok), context=context, batch_size=int(c.eval_batch_size),
-      grad_norm_init=member_eval.first_step_metric(run_dir, "grad_norm"),
-      train_loss_final=next((l for l in reversed(curves["train_loss"]) if l is not None), None),
-      train_flops=flops_per_token(model_cfg, seq_len) * budget,
-      step_time_s=float(np.median(step_times)) if step_times else None)
+    fwd,
+    ctx.stream(tok),
+    context=context,
+    batch_size=int(c.eval_batch_size),
+    grad_norm_init=member_eval.first_step_metric(run_dir, "grad_norm"),
+    train_loss_final=next((l for l in reversed(curves["train_loss"]) if l is not None), None),
+    train_flops=flops_per_token(model_cfg, seq_len) * budget,
+    step_time_s=float(np.median(step_times)) if step_times else None,
+  )
   entry: dict[str, Any] = {"curves": curves, "final": final, "tokenizer": tok.identity, "data": data}
   skipped: dict[str, dict] = {}
   corpora = plan_lib.parse_list(c.perplexity, "perplexity") if str(c.perplexity).strip() else []
   if corpora:
     entry["perplexity"], skipped["perplexity"] = member_eval.perplexities_and_skips(
-        fwd, tok, corpora, ctx.data_root, context=context, batch_size=int(c.eval_batch_size),
-        max_chars=int(c.perplexity_max_chars), skip_reason=ctx.data_root_reason)
+      fwd,
+      tok,
+      corpora,
+      ctx.data_root,
+      context=context,
+      batch_size=int(c.eval_batch_size),
+      max_chars=int(c.perplexity_max_chars),
+      skip_reason=ctx.data_root_reason,
+    )
   if bool(c.probes.enabled):
     log.info("[compare] %s: statefulness probes", member.name)
     entry["statefulness"] = member_eval.statefulness_entry(fwd, tok, model_cfg, c.probes)
   if str(c.suite):
     log.info("[compare] %s: evaluation suite %r", member.name, str(c.suite))
     entry["tasks"], skipped["tasks"] = member_eval.tasks_and_skips(
-        params, model_cfg, fwd, tok, str(c.suite), ctx.data_root, context=context,
-        batch_size=int(c.eval_batch_size), skip_reason=ctx.data_root_reason)
+      params,
+      model_cfg,
+      fwd,
+      tok,
+      str(c.suite),
+      ctx.data_root,
+      context=context,
+      batch_size=int(c.eval_batch_size),
+      skip_reason=ctx.data_root_reason,
+    )
   else:
     skipped["tasks"] = {"all": "not run: compare.suite is empty (set --config.compare.suite=quick or full)"}
   entry["skipped"] = {k: v for k, v in skipped.items() if v}
   if bool(c.inference.enabled):
     plan = ctx.inference_plans[member.scale][member.arm]
-    log.info("[compare] %s: inference protocol (%s)", member.name,
-             "own process" if plan["memory"] else "in process, no memory")
-    measured = (inference_lib.measure_in_subprocess(params, model_cfg, plan) if plan["memory"]
-                else inference_lib.measure(params, model_cfg, plan))
+    log.info(
+      "[compare] %s: inference protocol (%s)", member.name, "own process" if plan["memory"] else "in process, no memory"
+    )
+    measured = (
+      inference_lib.measure_in_subprocess(params, model_cfg, plan)
+      if plan["memory"]
+      else inference_lib.measure(params, model_cfg, plan)
+    )
     entry["inference"] = inference_lib.entry(measured, plan)
   run = results_lib.make_run(member.arm, member.scale, member.seed, scales.count_params(model_cfg)["total"], **entry)
   run.update(_protocol_extensions(ctx, member, params, model_cfg, fwd, tok))
@@ -190,10 +222,13 @@ def _protocol_extensions(ctx: _Context, member: Member, params, model_cfg: Model
   out: dict[str, Any] = {"budget": plan_lib.budget_entry(ctx.config, member)}
   if bool(c.long_context.enabled):
     if tok.identity not in ctx.long_docs:
-      ctx.long_docs[tok.identity] = member_eval.long_context_docs(c.long_context, ctx.config.data, tok, str(c.data_root))
+      ctx.long_docs[tok.identity] = member_eval.long_context_docs(
+        c.long_context, ctx.config.data, tok, str(c.data_root)
+      )
     log.info("[compare] %s: long-context curve", member.name)
-    out["long_context"] = member_eval.long_context_entry(params, model_cfg, tok, c.long_context,
-                                                         ctx.long_docs[tok.identity])
+    out["long_context"] = member_eval.long_context_entry(
+      params, model_cfg, tok, c.long_context, ctx.long_docs[tok.identity]
+    )
   if bool(c.dialogue.enabled):
     if ctx.dialogues is None:
       ctx.dialogues = member_eval.load_dialogue_set(c.dialogue, str(c.data_root))
@@ -211,8 +246,9 @@ def _run_member(ctx: _Context, member: Member) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "error.txt").write_text(traceback.format_exc())
     log.error("[compare] %s failed: %s: %s (traceback in %s)", member.name, type(e).__name__, e, run_dir / "error.txt")
-    return results_lib.make_run(member.arm, member.scale, member.seed, _param_count(ctx.config, member),
-                                error=f"{type(e).__name__}: {e}"[:2000])
+    return results_lib.make_run(
+      member.arm, member.scale, member.seed, _param_count(ctx.config, member), error=f"{type(e).__name__}: {e}"[:2000]
+    )
 
 
 # --------------------------------------------------------------------------- smoke protocol
@@ -248,7 +284,9 @@ def _smoke_first(ctx: _Context, members: list[Member], results: dict) -> dict | 
   any_cfg = plan_lib.member_config(ctx.config, group[0], tok_cfg)
   it = make_train_iterator(any_cfg.data, tok, seed=seed, global_batch_size=int(any_cfg.train.batch_size))
   try:
-    batch = smoke_lib.overfit_batch(it.batch_at(0), int(s.overfit_rows), int(s.overfit_len) or int(any_cfg.data.seq_len))
+    batch = smoke_lib.overfit_batch(
+      it.batch_at(0), int(s.overfit_rows), int(s.overfit_len) or int(any_cfg.data.seq_len)
+    )
   finally:
     it.close()
   steps, batch_size = int(ctx.config.train.steps), int(ctx.config.train.batch_size)
@@ -258,8 +296,9 @@ def _smoke_first(ctx: _Context, members: list[Member], results: dict) -> dict | 
   for m in group:
     log.info("[compare] smoke: overfitting %s on %d tokens", m.arm, batch["inputs"].size)
     try:
-      r = smoke_lib.overfit(plan_lib.member_config(ctx.config, m, tok_cfg), batch,
-                            steps=int(s.overfit_steps), lr=float(s.overfit_lr))
+      r = smoke_lib.overfit(
+        plan_lib.member_config(ctx.config, m, tok_cfg), batch, steps=int(s.overfit_steps), lr=float(s.overfit_lr)
+      )
       if np.isfinite(r["final_loss"]) and np.isfinite(r["first_loss"]):
         overfits[m.arm] = r
       else:
@@ -270,8 +309,12 @@ def _smoke_first(ctx: _Context, members: list[Member], results: dict) -> dict | 
     run_dir = member_dir(ctx.workdir, m)
     try:
       if (final_checkpoint_step(run_dir) or 0) < stop:
-        log.info("[compare] smoke: %s trains its first %d steps (the %g data-fraction test)", m.name, stop,
-                 float(s.data_fraction))
+        log.info(
+          "[compare] smoke: %s trains its first %d steps (the %g data-fraction test)",
+          m.name,
+          stop,
+          float(s.data_fraction),
+        )
         _train_member(ctx, m, stop_at=stop)
     except Exception as e:  # noqa: BLE001 - the member fails again (and is recorded) when it trains in full
       log.error("[compare] smoke training of %s failed: %s", m.name, e)
@@ -280,12 +323,22 @@ def _smoke_first(ctx: _Context, members: list[Member], results: dict) -> dict | 
     g = member_eval.first_step_metric(run_dir, "grad_norm")
     if g is not None:
       grads[m.arm] = g
-    curve, frac = smoke_lib.data_fraction_curve(member_eval.curves_from_metrics(run_dir, batch_size * int(
-        ctx.config.data.seq_len)), budget, float(s.data_fraction), int(s.min_points))
+    curve, frac = smoke_lib.data_fraction_curve(
+      member_eval.curves_from_metrics(run_dir, batch_size * int(ctx.config.data.seq_len)),
+      budget,
+      float(s.data_fraction),
+      int(s.min_points),
+    )
     if curve["tokens"]:
       fractions[m.arm], used = curve, max(used, frac)
-  entry = smoke_lib.smoke_entry(scale, overfit_results=overfits, overfit_size=int(batch["inputs"].size),
-                                grad_norms=grads, fraction_curves=fractions, fraction_used=used)
+  entry = smoke_lib.smoke_entry(
+    scale,
+    overfit_results=overfits,
+    overfit_size=int(batch["inputs"].size),
+    grad_norms=grads,
+    fraction_curves=fractions,
+    fraction_used=used,
+  )
   entry.update(arms=arms, gate=bool(s.gate), errors=errors)
   return entry
 
@@ -316,8 +369,11 @@ def run(config, workdir: str | Path) -> dict:
       if is_main:
         results_lib.save(results, results_path)
       if smoke["stopped_before_training"]:
-        log.error("[compare] smoke check(s) failed: %s. Verdict FIX FIRST; full training not started. Fix them, or "
-                  "rerun with --config.compare.smoke.gate=False to go on anyway.", ", ".join(failed))
+        log.error(
+          "[compare] smoke check(s) failed: %s. Verdict FIX FIRST; full training not started. Fix them, or "
+          "rerun with --config.compare.smoke.gate=False to go on anyway.",
+          ", ".join(failed),
+        )
         if is_main:
           report = _write_report(results, workdir)
           _log_summary(results, report, time.perf_counter() - t0)
@@ -361,7 +417,10 @@ def _log_summary(results: dict, report: Path, seconds: float) -> None:
       log.info("[compare] verdict %s vs %s at %s: %s", fam, base, v["scale"], v["decision"])
   failed = results_lib.failed_runs(results)
   if failed:
-    log.warning("[compare] %d member run(s) failed: %s", len(failed),
-                ", ".join(f"{r['family']}-{r['scale']}-s{r['seed']}" for r in failed))
+    log.warning(
+      "[compare] %d member run(s) failed: %s",
+      len(failed),
+      ", ".join(f"{r['family']}-{r['scale']}-s{r['seed']}" for r in failed),
+    )
   log.info("[compare] report: %s (%.0f s)", report, seconds)
   print(f"comparison report: {report}", flush=True)

@@ -44,15 +44,17 @@ def resolve_data_root(value: str) -> Path | None:
 
 
 def parse_stages(spec: str) -> dict[str, str]:
-  """"pretrain=runs/a,sft=runs/b" -> {"pretrain": "runs/a", "sft": "runs/b"} (order kept)."""
+  """ "pretrain=runs/a,sft=runs/b" -> {"pretrain": "runs/a", "sft": "runs/b"} (order kept)."""
   stages: dict[str, str] = {}
   for item in (s.strip() for s in spec.split(",")):
     if not item:
       continue
     name, sep, path = item.partition("=")
     if not sep or not name.strip() or not path.strip():
-      raise ValueError(f"config.stages item {item!r} is not name=path; write e.g. "
-                       "--config.stages=pretrain=runs/a,sft=runs/b,dpo=runs/c")
+      raise ValueError(
+        f"config.stages item {item!r} is not name=path; write e.g. "
+        "--config.stages=pretrain=runs/a,sft=runs/b,dpo=runs/c"
+      )
     if name.strip() in stages:
       raise ValueError(f"config.stages names stage {name.strip()!r} twice")
     stages[name.strip()] = path.strip()
@@ -66,8 +68,10 @@ def eval_context(requested: int, max_len: int, trained_len: int | None = None) -
       return min(int(trained_len), max_len)  # positions past the trained length were never trained
     return min(max_len, MAX_DEFAULT_CONTEXT)
   if requested > max_len:
-    raise ValueError(f"config.context={requested} exceeds the model's max_len {max_len}; lower --config.context "
-                     "(0 = the trained length, else the model's max_len capped at 1024)")
+    raise ValueError(
+      f"config.context={requested} exceeds the model's max_len {max_len}; lower --config.context "
+      "(0 = the trained length, else the model's max_len capped at 1024)"
+    )
   return requested
 
 
@@ -81,14 +85,18 @@ def context_note(context: int, max_len: int, trained_len: int | None, requested:
   """Why the evaluation context is not the model's max_len (None when it is)."""
   if requested > 0:
     if trained_len and requested > trained_len:
-      return (f"context {requested} (config.context) is longer than the trained length {trained_len}: positions "
-              f"past {trained_len} were never trained")
+      return (
+        f"context {requested} (config.context) is longer than the trained length {trained_len}: positions "
+        f"past {trained_len} were never trained"
+      )
     return None if requested == max_len else f"context {requested}: set by config.context (max_len {max_len})"
   if context == max_len:
     return None
   if trained_len and context == min(trained_len, max_len):
-    return (f"context {context}: the length the checkpoint was trained at (data.seq_len={trained_len}); max_len "
-            f"{max_len} has position rows it never trained. Set --config.context to override")
+    return (
+      f"context {context}: the length the checkpoint was trained at (data.seq_len={trained_len}); max_len "
+      f"{max_len} has position rows it never trained. Set --config.context to override"
+    )
   return f"context {context}: max_len {max_len} capped at {MAX_DEFAULT_CONTEXT}"
 
 
@@ -120,15 +128,30 @@ def evaluate_model(model: EvalModel, config, data_root: Path | None, progress=pr
     texts = {f"text:{ev.text}": text}
   t0 = time.perf_counter()
   result = suite_lib.run_suite(
-      str(config.suite), forward_fn=model.forward_fn(context, batch_size),
-      generate_fn=model.generate_fn(context, batch_size), tokenizer=model.tokenizer, context=context,
-      data_root=data_root, progress=progress, batch_size=batch_size, seed=int(config.seed),
-      require_gpt2_protocol=bool(config.require_gpt2_protocol), split=str(ev.get("split", "")),
-      stride=int(ev.get("stride", 0)), texts=texts)
+    str(config.suite),
+    forward_fn=model.forward_fn(context, batch_size),
+    generate_fn=model.generate_fn(context, batch_size),
+    tokenizer=model.tokenizer,
+    context=context,
+    data_root=data_root,
+    progress=progress,
+    batch_size=batch_size,
+    seed=int(config.seed),
+    require_gpt2_protocol=bool(config.require_gpt2_protocol),
+    split=str(ev.get("split", "")),
+    stride=int(ev.get("stride", 0)),
+    texts=texts,
+  )
   result["context_note"] = note
-  result["checkpoint"] = {"source": model.source, "step": model.step, "params": model.num_params,
-                          "family": model.cfg.family, "attention_impl": model.cfg.attention_impl,
-                          "max_len": model.cfg.max_len, "generation_prompts_truncated": model.truncated_prompts}
+  result["checkpoint"] = {
+    "source": model.source,
+    "step": model.step,
+    "params": model.num_params,
+    "family": model.cfg.family,
+    "attention_impl": model.cfg.attention_impl,
+    "max_len": model.cfg.max_len,
+    "generation_prompts_truncated": model.truncated_prompts,
+  }
   result["total_seconds"] = time.perf_counter() - t0
   return result
 
@@ -136,17 +159,22 @@ def evaluate_model(model: EvalModel, config, data_root: Path | None, progress=pr
 def _header(label: str, result: dict) -> str:
   c = result["checkpoint"]
   step = f", step {c['step']}" if c["step"] is not None else ""
-  return (f"# Evaluation of `{label}`{step}\n\n{c['params']:,} parameters, family `{c['family']}`, "
-          f"{result['total_seconds']:.1f} s; generation prompts left-truncated: "
-          f"{c['generation_prompts_truncated']}\n" + (f"\nNote: {result['context_note']}.\n" if result.get("context_note") else ""))
+  return (
+    f"# Evaluation of `{label}`{step}\n\n{c['params']:,} parameters, family `{c['family']}`, "
+    f"{result['total_seconds']:.1f} s; generation prompts left-truncated: "
+    f"{c['generation_prompts_truncated']}\n"
+    + (f"\nNote: {result['context_note']}.\n" if result.get("context_note") else "")
+  )
 
 
 def run(config, workdir: str | Path) -> dict[str, Any]:
   checkpoints = [s.strip() for s in str(config.checkpoint).split(",") if s.strip()]
   stages = parse_stages(str(config.stages))
   if not checkpoints and not stages:
-    raise ValueError("nothing to evaluate: pass --config.checkpoint=<run directory> (comma-separated for several) "
-                     "or --config.stages=pretrain=runs/a,sft=runs/b")
+    raise ValueError(
+      "nothing to evaluate: pass --config.checkpoint=<run directory> (comma-separated for several) "
+      "or --config.stages=pretrain=runs/a,sft=runs/b"
+    )
   if str(config.suite) not in suite_lib.SUITES:
     raise ValueError(f"config.suite={config.suite!r} is not valid; choose one of {sorted(suite_lib.SUITES)}")
   ev = config.get("eval") or {}
@@ -162,14 +190,16 @@ def run(config, workdir: str | Path) -> dict[str, Any]:
 
   results: dict[str, dict] = {}
   for path in dict.fromkeys(checkpoints + list(stages.values())):  # each checkpoint once, in order
-    model = load_eval_model(path, tokenizer_cfg=config.tokenizer.to_dict(),
-                            attention_impl=str(config.attention_impl))
+    model = load_eval_model(path, tokenizer_cfg=config.tokenizer.to_dict(), attention_impl=str(config.attention_impl))
     print(f"evaluating {path} ({model.num_params:,} parameters, tokenizer {model.tokenizer.identity})", flush=True)
     results[path] = evaluate_model(model, config, data_root)
 
   sections = [_header(label, r) + "\n" + suite_lib.to_markdown(r) for label, r in results.items()]
-  out: dict[str, Any] = {"suite": str(config.suite), "data_root": str(data_root) if data_root else None,
-                         "checkpoints": results}
+  out: dict[str, Any] = {
+    "suite": str(config.suite),
+    "data_root": str(data_root) if data_root else None,
+    "checkpoints": results,
+  }
   if stages:
     per_stage = {name: results[path] for name, path in stages.items()}
     sections.append("# Stages\n\n" + stage_table_lib.stage_table(per_stage))

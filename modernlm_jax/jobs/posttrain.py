@@ -42,13 +42,15 @@ def init_from_tokenizer(config, workdir: str | Path, meta: dict, source: str | P
   if kind == "sentencepiece" and not str(config.tokenizer.path):
     stored_path = str(stored_cfg.get("path") or "")
     candidates = ([paths.path(stored_path)] if stored_path not in ("", ".") else []) + [
-        d / "tokenizer" / SP_MODEL_FILE for d in _run_dirs(init_from)]
+      d / "tokenizer" / SP_MODEL_FILE for d in _run_dirs(init_from)
+    ]
     found = next((c for c in candidates if c.is_file()), None)
     if found is None:
       raise InitFromError(
-          f"{init_from} uses a SentencePiece tokenizer but none was found (looked at "
-          f"{[str(c) for c in candidates]}); set --config.tokenizer.path to the pretraining run's "
-          f"tokenizer/{SP_MODEL_FILE}")
+        f"{init_from} uses a SentencePiece tokenizer but none was found (looked at "
+        f"{[str(c) for c in candidates]}); set --config.tokenizer.path to the pretraining run's "
+        f"tokenizer/{SP_MODEL_FILE}"
+      )
     # One process writes the copy (workdirs may be on a shared filesystem); the others read the original.
     config.tokenizer.path = str(_copy_tokenizer(found, paths.path(workdir)) if jax.process_index() == 0 else found)
   elif kind == "gpt2" and not str(config.tokenizer.path) and stored_cfg.get("path"):
@@ -57,9 +59,10 @@ def init_from_tokenizer(config, workdir: str | Path, meta: dict, source: str | P
   stored_identity = meta.get("tokenizer_identity")
   if stored_identity and stored_identity != tok.identity:
     raise InitFromError(
-        f"{init_from} was trained with tokenizer {stored_identity!r}, but this stage would use "
-        f"{tok.identity!r}; its token ids would mean different text. Leave tokenizer.path empty to reuse the "
-        "init_from run's tokenizer, or point it at that run's tokenizer file")
+      f"{init_from} was trained with tokenizer {stored_identity!r}, but this stage would use "
+      f"{tok.identity!r}; its token ids would mean different text. Leave tokenizer.path empty to reuse the "
+      "init_from run's tokenizer, or point it at that run's tokenizer file"
+    )
   if not stored_identity:
     logging.warning("%s records no tokenizer identity; using %s as configured", init_from, tok.identity)
   check_vocab_fits(tok, int(config.model.vocab_size))
@@ -94,15 +97,22 @@ def data_kind(config) -> str:
 def posttrain_stage(config, workdir: str | Path, tokenizer) -> tuple[StageData, ptp.PostTrainData]:
   kind = data_kind(config)
   if int(config.data.seq_len) > int(config.model.max_len):
-    raise ValueError(f"data.seq_len={config.data.seq_len} exceeds the model's max_len={config.model.max_len}; "
-                     "lower --config.data.seq_len")
+    raise ValueError(
+      f"data.seq_len={config.data.seq_len} exceeds the model's max_len={config.model.max_len}; "
+      "lower --config.data.seq_len"
+    )
   data = ptp.load_posttrain_data(config.data, tokenizer, kind)
   batch = int(config.train.batch_size)
   pack = bool(config.data.pack_sft)
-  it = ptp.make_posttrain_iterator(data, seed=int(config.seed), global_batch_size=batch,
-                                   process_index=jax.process_index(), process_count=jax.process_count(), pack=pack)
-  evals = ptp.make_posttrain_eval_batches(data, batch_size=batch, pack=pack,
-                                          max_batches=int(config.train.eval_batches))
+  it = ptp.make_posttrain_iterator(
+    data,
+    seed=int(config.seed),
+    global_batch_size=batch,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+    pack=pack,
+  )
+  evals = ptp.make_posttrain_eval_batches(data, batch_size=batch, pack=pack, max_batches=int(config.train.eval_batches))
   return StageData(train_iter=it, eval_batches=evals, tokenizer=tokenizer), data
 
 
@@ -114,9 +124,17 @@ def print_instruction_sample(config, params, tokenizer) -> str:
   cfg = ModelConfig.from_dict(config.model)
   prompt_ids = [tokenizer.eos_id] + tokenizer.encode(alpaca_prompt(str(s.prompt)))
   budget = max(1, cfg.max_len - int(s.max_new_tokens))
-  out = generate(params, cfg, [prompt_ids[-budget:]], max_new_tokens=int(s.max_new_tokens),
-                 temperature=float(s.temperature), top_k=int(s.top_k), top_p=float(s.top_p),
-                 stop_ids=[tokenizer.eos_id], seed=int(config.seed))[0]
+  out = generate(
+    params,
+    cfg,
+    [prompt_ids[-budget:]],
+    max_new_tokens=int(s.max_new_tokens),
+    temperature=float(s.temperature),
+    top_k=int(s.top_k),
+    top_p=float(s.top_p),
+    stop_ids=[tokenizer.eos_id],
+    seed=int(config.seed),
+  )[0]
   text = tokenizer.decode([t for t in out if t != tokenizer.eos_id])
   print(f"instruction: {s.prompt!r}\nresponse: {text!r}", flush=True)
   return text
@@ -127,8 +145,10 @@ def run(config, workdir: str | Path) -> dict:
   from `config.init_from`, then the shared loop."""
   kind = data_kind(config)
   if not str(config.init_from):
-    raise InitFromError(f"{kind} starts from an earlier run: set --config.init_from=<run directory or checkpoint "
-                        f"step directory> (e.g. the --workdir of {'pretraining' if kind == 'sft' else 'SFT'})")
+    raise InitFromError(
+      f"{kind} starts from an earlier run: set --config.init_from=<run directory or checkpoint "
+      f"step directory> (e.g. the --workdir of {'pretraining' if kind == 'sft' else 'SFT'})"
+    )
   workdir = paths.path(workdir)
   if _has_checkpoint(workdir):
     # Resuming: the loop restores this stage's own state, and its tokenizer copy is in workdir.

@@ -20,14 +20,23 @@ def pretrain_stage(config, workdir) -> StageData:
   from modernlm_jax.data.pipeline import make_eval_batches, make_train_iterator
 
   tok = run_tokenizer(config, workdir)
-  it = make_train_iterator(config.data, tok, seed=int(config.seed), global_batch_size=int(config.train.batch_size),
-                           process_index=jax.process_index(), process_count=jax.process_count())
-  evals = make_eval_batches(config.data, tok, batch_size=int(config.train.batch_size),
-                            seq_len=int(config.data.seq_len))[:int(config.train.eval_batches)]
+  it = make_train_iterator(
+    config.data,
+    tok,
+    seed=int(config.seed),
+    global_batch_size=int(config.train.batch_size),
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
+  evals = make_eval_batches(
+    config.data, tok, batch_size=int(config.train.batch_size), seq_len=int(config.data.seq_len)
+  )[: int(config.train.eval_batches)]
   if not evals:
-    raise ValueError(f"the validation split of {config.data.source!r} produced no batch of "
-                     f"{config.train.batch_size}×{config.data.seq_len} tokens; lower train.batch_size or data.seq_len, "
-                     "or raise data.val_tokens")
+    raise ValueError(
+      f"the validation split of {config.data.source!r} produced no batch of "
+      f"{config.train.batch_size}×{config.data.seq_len} tokens; lower train.batch_size or data.seq_len, "
+      "or raise data.val_tokens"
+    )
   return StageData(train_iter=it, eval_batches=evals, tokenizer=tok)
 
 
@@ -38,8 +47,17 @@ def print_sample(config, params, tokenizer) -> str:
   cfg = ModelConfig.from_dict(config.model)
   prompt = tokenizer.encode(str(s.prompt)) or [tokenizer.eos_id]
   budget = max(1, cfg.max_len - int(s.max_new_tokens))
-  out = generate(params, cfg, [prompt[-budget:]], max_new_tokens=int(s.max_new_tokens), temperature=float(s.temperature),
-                 top_k=int(s.top_k), top_p=float(s.top_p), stop_ids=[tokenizer.eos_id], seed=int(config.seed))[0]
+  out = generate(
+    params,
+    cfg,
+    [prompt[-budget:]],
+    max_new_tokens=int(s.max_new_tokens),
+    temperature=float(s.temperature),
+    top_k=int(s.top_k),
+    top_p=float(s.top_p),
+    stop_ids=[tokenizer.eos_id],
+    seed=int(config.seed),
+  )[0]
   text = str(s.prompt) + tokenizer.decode([t for t in out if t != tokenizer.eos_id])
   print(f"sample: {text!r}", flush=True)
   return text

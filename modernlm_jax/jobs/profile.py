@@ -77,8 +77,7 @@ def main(argv: list[str] | None = None) -> list[OpTime]:
   if fv.config is None:
     raise ValueError("give --config=configs/bench.py[:preset] (or --trace_dir=DIR to summarise a trace)")
   prefer_op_level_trace()
-  logging.info("profile: XLA_FLAGS=%s (GPU command buffers off so the trace names operations)",
-               os.environ["XLA_FLAGS"])
+  logging.info("profile: XLA_FLAGS=%s (GPU command buffers off so the trace names operations)", os.environ["XLA_FLAGS"])
   config = fv.config
   with config.unlocked():
     if fv.steps:

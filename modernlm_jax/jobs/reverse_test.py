@@ -47,19 +47,46 @@ def _require_torch():
   return torch, transformers
 
 
-def make_config(preset: str, *, steps: int, batch_size: int, seq_len: int, lr: float, warmup: int, log_every: int,
-                source: str, tokenizer: str, seed: int):
+def make_config(
+  preset: str,
+  *,
+  steps: int,
+  batch_size: int,
+  seq_len: int,
+  lr: float,
+  warmup: int,
+  log_every: int,
+  source: str,
+  tokenizer: str,
+  seed: int,
+):
   c = base_config(preset)
   if c.model.family != "gpt2":
-    raise ValueError(f"--preset {preset!r} is not a gpt2-family preset; the reference is GPT2LMHeadModel (e.g. gpt2-tiny)")
+    raise ValueError(
+      f"--preset {preset!r} is not a gpt2-family preset; the reference is GPT2LMHeadModel (e.g. gpt2-tiny)"
+    )
   c.seed = seed
   c.mesh.data = 1  # one device, like the single-process torch reference
-  c.data.update(dict(source=source, seq_len=seq_len, isolate_documents=False, prefetch=0, val_tokens=8 * batch_size * seq_len))
+  c.data.update(
+    dict(source=source, seq_len=seq_len, isolate_documents=False, prefetch=0, val_tokens=8 * batch_size * seq_len)
+  )
   if tokenizer:
     c.tokenizer.kind = tokenizer
-  c.train.update(dict(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup, log_every=log_every,
-                      eval_every=steps, checkpoint_every=steps, eval_batches=4, tensorboard=False, loss_chunk=0,
-                      async_checkpoint=False))
+  c.train.update(
+    dict(
+      steps=steps,
+      batch_size=batch_size,
+      lr=lr,
+      warmup_steps=warmup,
+      log_every=log_every,
+      eval_every=steps,
+      checkpoint_every=steps,
+      eval_batches=4,
+      tensorboard=False,
+      loss_chunk=0,
+      async_checkpoint=False,
+    )
+  )
   if seq_len > int(c.model.max_len):
     raise ValueError(f"--seq-len {seq_len} exceeds the preset's max_len {c.model.max_len}")
   return c
@@ -86,8 +113,11 @@ def _hf_model(params, cfg: ModelConfig, torch, transformers):
   hf_cfg = hf_config_from(cfg)
   hf_cfg.update(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)  # our model has no dropout
   config = transformers.GPT2Config(**{k: v for k, v in hf_cfg.items() if k not in ("architectures", "dtype")})
-  model = transformers.GPT2LMHeadModel(config, attn_implementation="eager") if "attn_implementation" in \
-      transformers.GPT2LMHeadModel.__init__.__code__.co_varnames else transformers.GPT2LMHeadModel(config)
+  model = (
+    transformers.GPT2LMHeadModel(config, attn_implementation="eager")
+    if "attn_implementation" in transformers.GPT2LMHeadModel.__init__.__code__.co_varnames
+    else transformers.GPT2LMHeadModel(config)
+  )
   model.config._attn_implementation = "eager"
   state = {k: torch.from_numpy(np.array(v)) for k, v in params_to_hf_state(params, cfg).items()}
   missing, unexpected = model.load_state_dict(state, strict=False)
@@ -120,9 +150,12 @@ def train_reference(params, config, batches_at, eval_batches, torch, transformer
   for name, p in model.named_parameters():  # named_parameters yields a tied wte/lm_head tensor once
     is_embedding = name.endswith(("wte.weight", "wpe.weight"))
     (decay if p.ndim >= 2 and (not is_embedding or bool(t.decay_embeddings)) else no_decay).append(p)
-  opt = torch.optim.AdamW([{"params": decay, "weight_decay": float(t.weight_decay)},
-                           {"params": no_decay, "weight_decay": 0.0}],
-                          lr=0.0, betas=(float(t.b1), float(t.b2)), eps=float(t.eps))
+  opt = torch.optim.AdamW(
+    [{"params": decay, "weight_decay": float(t.weight_decay)}, {"params": no_decay, "weight_decay": 0.0}],
+    lr=0.0,
+    betas=(float(t.b1), float(t.b2)),
+    eps=float(t.eps),
+  )
   lrs = np.asarray(jax.vmap(learning_rate_schedule(t))(np.arange(int(t.steps))), np.float64)  # optax counts from 0
   curve = {}
   for step in range(int(t.steps)):
@@ -163,9 +196,18 @@ def run(args) -> dict[str, Any]:
   workdir = Path(args.workdir)
   if (workdir / "ours" / "checkpoints").exists():
     raise SystemExit(f"{workdir}/ours already holds a run; pass a fresh --workdir")
-  config = make_config(args.preset, steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
-                       warmup=args.warmup, log_every=args.log_every, source=args.source, tokenizer=args.tokenizer,
-                       seed=args.seed)
+  config = make_config(
+    args.preset,
+    steps=args.steps,
+    batch_size=args.batch_size,
+    seq_len=args.seq_len,
+    lr=args.lr,
+    warmup=args.warmup,
+    log_every=args.log_every,
+    source=args.source,
+    tokenizer=args.tokenizer,
+    seed=args.seed,
+  )
   cfg = ModelConfig.from_dict(config.model)
   t0 = time.perf_counter()
   own_params, stage = train_ours(config, workdir / "ours")
@@ -174,8 +216,9 @@ def run(args) -> dict[str, Any]:
   it = make_train_iterator(config.data, stage.tokenizer, seed=int(config.seed), global_batch_size=int(args.batch_size))
   try:
     t0 = time.perf_counter()
-    ref, ref_val = train_reference(init_params(cfg, int(config.seed)), config, it.batch_at, stage.eval_batches, torch,
-                                   transformers)
+    ref, ref_val = train_reference(
+      init_params(cfg, int(config.seed)), config, it.batch_at, stage.eval_batches, torch, transformers
+    )
     ref_s = time.perf_counter() - t0
   finally:
     it.close()
@@ -183,13 +226,21 @@ def run(args) -> dict[str, Any]:
   rel = [abs(own[s] - ref[s]) / ref[s] for s in steps]
   own_val = own_val_loss(own_params, cfg, stage.eval_batches)
   entry = {
-      "preset": args.preset, "steps": int(args.steps), "batch_size": int(args.batch_size), "seq_len": int(args.seq_len),
-      "logged_steps": steps, "own_curve": [own[s] for s in steps], "reference_curve": [ref[s] for s in steps],
-      "rel_diff": rel, "max_rel_diff": max(rel) if rel else None,
-      "own_loss": own_val, "reference_loss": ref_val, "val_rel_diff": (own_val - ref_val) / ref_val,
-      "diagnosis": diagnose_framework(own_val, ref_val),
-      "reference": f"transformers {transformers.__version__} GPT2LMHeadModel + torch {torch.__version__} AdamW loop",
-      "seconds": {"ours": round(own_s, 1), "reference": round(ref_s, 1)},
+    "preset": args.preset,
+    "steps": int(args.steps),
+    "batch_size": int(args.batch_size),
+    "seq_len": int(args.seq_len),
+    "logged_steps": steps,
+    "own_curve": [own[s] for s in steps],
+    "reference_curve": [ref[s] for s in steps],
+    "rel_diff": rel,
+    "max_rel_diff": max(rel) if rel else None,
+    "own_loss": own_val,
+    "reference_loss": ref_val,
+    "val_rel_diff": (own_val - ref_val) / ref_val,
+    "diagnosis": diagnose_framework(own_val, ref_val),
+    "reference": f"transformers {transformers.__version__} GPT2LMHeadModel + torch {torch.__version__} AdamW loop",
+    "seconds": {"ours": round(own_s, 1), "reference": round(ref_s, 1)},
   }
   if any(not math.isfinite(x) for x in entry["own_curve"] + entry["reference_curve"]):
     entry["diagnosis"] = "a loss diverged (non-finite): training loop has bugs or the learning rate is too high"
@@ -227,8 +278,11 @@ def main(argv=None) -> None:
   args = ap.parse_args(argv)
   logging.basicConfig(level=logging.INFO)
   e = run(args)
-  print(json.dumps({k: e[k] for k in ("preset", "steps", "max_rel_diff", "own_loss", "reference_loss", "diagnosis",
-                                      "seconds")}))
+  print(
+    json.dumps(
+      {k: e[k] for k in ("preset", "steps", "max_rel_diff", "own_loss", "reference_loss", "diagnosis", "seconds")}
+    )
+  )
   for s, a, b, r in zip(e["logged_steps"], e["own_curve"], e["reference_curve"], e["rel_diff"]):
     print(f"step {s:5d}  ours {a:.4f}  reference {b:.4f}  rel diff {r:.3%}")
 

@@ -14,10 +14,14 @@ from typing import Sequence
 
 
 def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m modernlm_jax.lm_eval", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--checkpoint", required=True,
-                 help="run directory (newest checkpoint), one <run>/checkpoints/<step>, or a params directory")
+  p = argparse.ArgumentParser(
+    prog="python -m modernlm_jax.lm_eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  p.add_argument(
+    "--checkpoint",
+    required=True,
+    help="run directory (newest checkpoint), one <run>/checkpoints/<step>, or a params directory",
+  )
   p.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
   p.add_argument("--include_path", default=None, help="folder of extra task YAML files")
   p.add_argument("--num_fewshot", type=int, default=None)
@@ -52,13 +56,23 @@ def main(argv: Sequence[str] | None = None) -> int:
   manager = TaskManager(include_path=args.include_path) if args.include_path else TaskManager()
   unknown = [t for t in tasks if t not in manager.all_tasks]
   if unknown:
-    print(f"error: unknown lm-eval task(s) {unknown}; check the name or pass --include_path with their YAML",
-          file=sys.stderr)
+    print(
+      f"error: unknown lm-eval task(s) {unknown}; check the name or pass --include_path with their YAML",
+      file=sys.stderr,
+    )
     return 1
-  results = lm_eval.simple_evaluate(model=lm, tasks=tasks, num_fewshot=args.num_fewshot, limit=args.limit,
-                                    task_manager=manager, log_samples=args.log_samples, random_seed=args.seed,
-                                    numpy_random_seed=args.seed, torch_random_seed=args.seed,
-                                    fewshot_random_seed=args.seed)
+  results = lm_eval.simple_evaluate(
+    model=lm,
+    tasks=tasks,
+    num_fewshot=args.num_fewshot,
+    limit=args.limit,
+    task_manager=manager,
+    log_samples=args.log_samples,
+    random_seed=args.seed,
+    numpy_random_seed=args.seed,
+    torch_random_seed=args.seed,
+    fewshot_random_seed=args.seed,
+  )
   print(make_table(results))
   if lm.truncated:
     print(f"note: {lm.truncated} request(s) were left-truncated to the {lm.context}-token context")
@@ -66,8 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.output_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     keep = {k: results[k] for k in ("results", "configs", "versions", "n-shot", "samples") if k in results}
-    out.write_text(json.dumps({**keep, "checkpoint": args.checkpoint, "truncated": lm.truncated}, indent=2,
-                              default=str) + "\n")
+    out.write_text(
+      json.dumps({**keep, "checkpoint": args.checkpoint, "truncated": lm.truncated}, indent=2, default=str) + "\n"
+    )
     print(f"wrote {out}")
   return 0
 

@@ -26,8 +26,16 @@ MODEL_NAME = "modernlm_jax"
 class ModernLM(LM):
   """lm-eval model: `model_args="checkpoint=RUN[,batch_size=16,context=1024,max_gen_toks=256]"`."""
 
-  def __init__(self, checkpoint: str = "", batch_size: int | str = 16, context: int | str = 0,
-               max_gen_toks: int | str = 256, attention_impl: str = "", model=None, **unused: Any):
+  def __init__(
+    self,
+    checkpoint: str = "",
+    batch_size: int | str = 16,
+    context: int | str = 0,
+    max_gen_toks: int | str = 256,
+    attention_impl: str = "",
+    model=None,
+    **unused: Any,
+  ):
     super().__init__()
     if model is None and not checkpoint:
       raise ValueError("ModernLM needs checkpoint=<run directory, checkpoints/<step>, or params directory>")
@@ -72,8 +80,9 @@ class ModernLM(LM):
     pairs, owner = [], []
     for i, req in enumerate(requests):
       (text,) = req.args
-      windows = get_rolling_token_windows(list(self.tokenizer.encode(text)), prefix_token=self.eot_token_id,
-                                          max_seq_len=self.context, context_len=1)
+      windows = get_rolling_token_windows(
+        list(self.tokenizer.encode(text)), prefix_token=self.eot_token_id, max_seq_len=self.context, context_len=1
+      )
       for w in windows:
         pairs.append(make_disjoint_window(w))
         owner.append(i)
@@ -105,10 +114,10 @@ class ModernLM(LM):
       prompts = [list(self.tokenizer.encode(settings[i][0])) or [self.eot_token_id] for i in idx]
       for i, ids in zip(idx, generate(prompts, max_new, [self.eot_token_id])):
         ids = list(ids)
-        text = self.tokenizer.decode(ids[:ids.index(self.eot_token_id)] if self.eot_token_id in ids else ids)
+        text = self.tokenizer.decode(ids[: ids.index(self.eot_token_id)] if self.eot_token_id in ids else ids)
         for stop in settings[i][1]:
           if stop and stop in text:
-            text = text[:text.index(stop)]
+            text = text[: text.index(stop)]
         out[i] = text
         self.cache_hook.add_partial("generate_until", requests[i].args, text)
     return out

@@ -40,6 +40,11 @@ def param_logical_axes(cfg: ModelConfig):
 
 
 __all__ = [
-    "ModelConfig", "LanguageModel", "init_params", "init_cache", "param_logical_axes", "logits_from_hidden",
-    "output_embedding",
+  "ModelConfig",
+  "LanguageModel",
+  "init_params",
+  "init_cache",
+  "param_logical_axes",
+  "logits_from_hidden",
+  "output_embedding",
 ]

@@ -55,8 +55,9 @@ def flash_blockers(cfg: ModelConfig, *, backend: str, decoding: bool) -> list[st
   return blockers
 
 
-def select_attention_impl(cfg: ModelConfig, *, backend: str, has_segments: bool, decoding: bool,
-                          seq_len: int | None = None) -> tuple[str, str]:
+def select_attention_impl(
+  cfg: ModelConfig, *, backend: str, has_segments: bool, decoding: bool, seq_len: int | None = None
+) -> tuple[str, str]:
   """Returns (kernel, reason). Pure function of the options, so it is unit-testable on CPU.
 
   `seq_len` (the query length) matters only for splash, whose tiles need a multiple of 128.
@@ -165,12 +166,14 @@ class CausalSelfAttention(nn.Module):
       return y
 
     if cfg.fused_qkv:  # one [D, 3·H·Dh] GEMM instead of three (fewer, larger kernels)
-      w = param_with_axes(self, "qkv_kernel", normal_init(cfg.init_std), (D, 3, H, Dh),
-                          ("embed", "qkv", "heads", "head_dim"))
+      w = param_with_axes(
+        self, "qkv_kernel", normal_init(cfg.init_std), (D, 3, H, Dh), ("embed", "qkv", "heads", "head_dim")
+      )
       qkv = _flat_matmul(x_BTD, w.astype(dt).reshape(D, 3 * H * Dh)).reshape(B, T, 3, H, Dh)
       if cfg.use_bias:
-        qkv = qkv + param_with_axes(self, "qkv_bias", nn.initializers.zeros, (3, H, Dh),
-                                    ("qkv", "heads", "head_dim")).astype(dt)
+        qkv = qkv + param_with_axes(
+          self, "qkv_bias", nn.initializers.zeros, (3, H, Dh), ("qkv", "heads", "head_dim")
+        ).astype(dt)
       q_BTHD, k_BTHD, v_BTHD = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     else:
       q_BTHD, k_BTHD, v_BTHD = project_in("query"), project_in("key"), project_in("value")
@@ -182,8 +185,8 @@ class CausalSelfAttention(nn.Module):
       sink_H = param_with_axes(self, "sink_logit", nn.initializers.zeros, (H,), ("heads",))
 
     impl, reason = select_attention_impl(
-        cfg, backend=jax.default_backend(), has_segments=segment_ids_BT is not None, decoding=cache is not None,
-        seq_len=T)
+      cfg, backend=jax.default_backend(), has_segments=segment_ids_BT is not None, decoding=cache is not None, seq_len=T
+    )
     _log_choice(impl, reason)
 
     new_cache = None
@@ -213,9 +216,15 @@ class CausalSelfAttention(nn.Module):
     has_alibi = "alibi" in cfg.positions
     if impl == "flash":
       out_BTHD = flash.flash_attention(
-          q_BTHD, k_BSHD, v_BSHD, segment_ids_BT=segment_ids_BT, positions_BT=q_pos,
-          alibi_slopes_H=pos_lib.alibi_slopes(H) if has_alibi else None, sink_H=sink_H,
-          interpret=jax.default_backend() != "gpu")
+        q_BTHD,
+        k_BSHD,
+        v_BSHD,
+        segment_ids_BT=segment_ids_BT,
+        positions_BT=q_pos,
+        alibi_slopes_H=pos_lib.alibi_slopes(H) if has_alibi else None,
+        sink_H=sink_H,
+        interpret=jax.default_backend() != "gpu",
+      )
     elif impl == "splash":
       out_BTHD = tpu_attention.splash_attention(q_BTHD, k_BSHD, v_BSHD, segment_ids_BT, sink_H=sink_H)
     else:
@@ -225,15 +234,19 @@ class CausalSelfAttention(nn.Module):
       else:
         causal_only = cache is None and segment_ids_BT is None
         out_BTHD = jax.nn.dot_product_attention(
-            q_BTHD, k_BSHD, v_BSHD,
-            bias=None if bias_BHTS is None else bias_BHTS.astype(dt),
-            mask=None if causal_only else mask_BTS[:, None, :, :],
-            is_causal=causal_only,
-            implementation=impl)
+          q_BTHD,
+          k_BSHD,
+          v_BSHD,
+          bias=None if bias_BHTS is None else bias_BHTS.astype(dt),
+          mask=None if causal_only else mask_BTS[:, None, :, :],
+          is_causal=causal_only,
+          implementation=impl,
+        )
 
     if cfg.attn_gate != "none":
-      gate_shape, gate_axes = ((D, H, Dh), ("embed", "heads", "head_dim")) if cfg.attn_gate == "elementwise" else (
-          (D, H), ("embed", "heads"))
+      gate_shape, gate_axes = (
+        ((D, H, Dh), ("embed", "heads", "head_dim")) if cfg.attn_gate == "elementwise" else ((D, H), ("embed", "heads"))
+      )
       w_g = param_with_axes(self, "gate_kernel", normal_init(cfg.init_std), gate_shape, gate_axes)
       g = _flat_matmul(x_BTD, w_g.astype(dt).reshape(D, -1)).reshape(B, T, *gate_shape[1:])
       if cfg.use_bias:

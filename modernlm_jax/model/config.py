@@ -75,10 +75,13 @@ class ModelConfig:
       _check_choice("layer_pattern entry", kind, MIXERS)
     if self.layer_pattern and len(self.layer_pattern) != self.n_layers:
       raise ValueError(
-          f"model.layer_pattern has {len(self.layer_pattern)} entries but n_layers={self.n_layers}; give one mixer per layer")
+        f"model.layer_pattern has {len(self.layer_pattern)} entries but n_layers={self.n_layers}; give one mixer per layer"
+      )
     if self.scan_layers and len(set(self.mixers)) > 1:
-      raise ValueError(f"model.scan_layers=True needs one mixer kind in every layer, got layer_pattern="
-                       f"{','.join(self.layer_pattern)}; set model.scan_layers=False for hybrid stacks")
+      raise ValueError(
+        f"model.scan_layers=True needs one mixer kind in every layer, got layer_pattern="
+        f"{','.join(self.layer_pattern)}; set model.scan_layers=False for hybrid stacks"
+      )
     for name in ("vocab_size", "max_len", "n_layers", "d_model", "n_heads", "d_ff"):
       if int(getattr(self, name)) <= 0:
         raise ValueError(f"model.{name} must be positive, got {getattr(self, name)}")

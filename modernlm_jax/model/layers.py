@@ -124,7 +124,8 @@ class Embed(nn.Module):
 
   def setup(self):
     self.embedding = param_with_axes(
-        self, "embedding", normal_init(self.std), (self.num_embeddings, self.features), self.axes)
+      self, "embedding", normal_init(self.std), (self.num_embeddings, self.features), self.axes
+    )
 
   def __call__(self, ids):
     return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)

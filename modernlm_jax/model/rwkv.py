@@ -40,16 +40,28 @@ GROUP_NORM_EPS = 64e-5  # RWKV-6's ln_x epsilon (1e-5 * head_size_divisor**2)
 MIX_BRANCHES = ("w", "k", "v", "r", "g")
 
 
-def wkv6_chunked(r_BTHK, k_BTHK, v_BTHV, logw_BTHK, u_HK, *, runs_BT=None, state0_BHKV=None,
-                 chunk_size: int = DEFAULT_CHUNK, block_size: int = DEFAULT_BLOCK):
+def wkv6_chunked(
+  r_BTHK,
+  k_BTHK,
+  v_BTHV,
+  logw_BTHK,
+  u_HK,
+  *,
+  runs_BT=None,
+  state0_BHKV=None,
+  chunk_size: int = DEFAULT_CHUNK,
+  block_size: int = DEFAULT_BLOCK,
+):
   """Chunked RWKV-6 recurrence in float32; `logw` is the per-step log decay (<= 0). Returns (o_BTHV, state)."""
   B, T, H, Kd = r_BTHK.shape
   V = v_BTHV.shape[-1]
   s = min(block_size, chunk_size)
   L, T_pad = chunk_layout(T, chunk_size, multiple=s)
   if L % s:
-    raise ValueError(f"RWKV chunk length {L} must be a multiple of the sub-block {s}; use a chunk_size that "
-                     f"is a multiple of block_size={block_size}")
+    raise ValueError(
+      f"RWKV chunk length {L} must be a multiple of the sub-block {s}; use a chunk_size that "
+      f"is a multiple of block_size={block_size}"
+    )
   nc, nb = T_pad // L, L // s
   f32 = jnp.float32
   # Padding (logw = 0, k = 0) leaves the state untouched, so the final state is exact.
@@ -75,13 +87,13 @@ def wkv6_chunked(r_BTHK, k_BTHK, v_BTHV, logw_BTHK, u_HK, *, runs_BT=None, state
   # Inside a sub-block: exact per-channel weights for j < i, and the bonus u on the diagonal.
   inc6 = inc.reshape(B, nc, nb, s, H, Kd)
   strict_ss = jnp.tril(jnp.ones((s, s), bool), -1)
-  d_exp = jnp.where(strict_ss[None, None, None, :, :, None, None],
-                    exc6[:, :, :, :, None] - inc6[:, :, :, None, :], -jnp.inf)
+  d_exp = jnp.where(
+    strict_ss[None, None, None, :, :, None, None], exc6[:, :, :, :, None] - inc6[:, :, :, None, :], -jnp.inf
+  )
   r6, k6 = r.reshape(B, nc, nb, s, H, Kd), k.reshape(B, nc, nb, s, H, Kd)
   diag_BCIijH = jnp.sum(r6[:, :, :, :, None] * k6[:, :, :, None, :] * jnp.exp(d_exp), axis=-1)
   eye_II = jnp.eye(nb, dtype=f32)
-  scores = scores + (diag_BCIijH[:, :, :, :, None] * eye_II[None, None, :, None, :, None, None]).reshape(
-      B, nc, L, L, H)
+  scores = scores + (diag_BCIijH[:, :, :, :, None] * eye_II[None, None, :, None, :, None, None]).reshape(B, nc, L, L, H)
   bonus_BCLH = jnp.einsum("bcihk,hk,bcihk->bcih", r, u_HK.astype(f32), k)
   scores = scores + bonus_BCLH[:, :, :, None, :] * jnp.eye(L, dtype=f32)[None, None, :, :, None]
   if same is not None:
@@ -129,8 +141,9 @@ def rwkv_dims(cfg: ModelConfig) -> tuple[int, int]:
   """(heads H, head size K) of the time mix; the value size equals K."""
   H = cfg.rwkv_heads or cfg.n_heads
   if cfg.d_model % H:
-    raise ValueError(f"RWKV time mix: d_model={cfg.d_model} is not divisible by rwkv_heads={H}; "
-                     f"pick rwkv_heads dividing {cfg.d_model}")
+    raise ValueError(
+      f"RWKV time mix: d_model={cfg.d_model} is not divisible by rwkv_heads={H}; pick rwkv_heads dividing {cfg.d_model}"
+    )
   return H, cfg.d_model // H
 
 
@@ -143,8 +156,10 @@ def lora_ranks(d_model: int) -> tuple[int, int]:
 
 def init_rwkv_cache(cfg: ModelConfig, batch_size: int, dtype=None) -> dict:
   H, Kd = rwkv_dims(cfg)
-  return {"wkv_state": jnp.zeros((batch_size, H, Kd, Kd), jnp.float32),  # the recurrence always runs in float32
-          "shift_state": jnp.zeros((batch_size, 1, cfg.d_model), jnp.dtype(dtype or cfg.dtype))}
+  return {
+    "wkv_state": jnp.zeros((batch_size, H, Kd, Kd), jnp.float32),  # the recurrence always runs in float32
+    "shift_state": jnp.zeros((batch_size, 1, cfg.d_model), jnp.dtype(dtype or cfg.dtype)),
+  }
 
 
 def _channel_ramp(d: int):
@@ -160,7 +175,7 @@ def _mix_init(power: float):
 def _decay_init(key, shape, dtype=jnp.float32):
   # wlog from -6 (w ~ 1: long memory) to -1 (w ~ 0.7: short memory) across channels, as in RWKV-6.
   ramp = _channel_ramp(shape[0] * shape[1]).reshape(shape)
-  return (-6.0 + 5.0 * ramp ** 1.35).astype(dtype)
+  return (-6.0 + 5.0 * ramp**1.35).astype(dtype)
 
 
 def _bonus_init(key, shape, dtype=jnp.float32):
@@ -231,8 +246,9 @@ class RWKVTimeMix(nn.Module):
     decay_HK = param_with_axes(self, "decay", _decay_init, (H, Kd), ("heads", "head_dim"))
     da = param_with_axes(self, "decay_lora_a", nn.initializers.zeros, (D, R_decay), ("embed", "lora"))
     db = param_with_axes(self, "decay_lora_b", _small_uniform, (R_decay, H, Kd), ("lora", "heads", "head_dim"))
-    wlog_BTHK = decay_HK + jnp.einsum("btr,rhk->bthk", jnp.tanh(jnp.einsum("btd,dr->btr", mixed["w"], da.astype(dt_))),
-                                      db.astype(dt_)).astype(jnp.float32)
+    wlog_BTHK = decay_HK + jnp.einsum(
+      "btr,rhk->bthk", jnp.tanh(jnp.einsum("btd,dr->btr", mixed["w"], da.astype(dt_))), db.astype(dt_)
+    ).astype(jnp.float32)
     logw_BTHK = jnp.maximum(-jnp.exp(wlog_BTHK), MIN_LOG_DECAY)
     bonus_HK = param_with_axes(self, "bonus", _bonus_init, (H, Kd), ("heads", "head_dim"))
     if valid_BT is not None:  # padding: no decay and no input, so the state passes through unchanged
@@ -244,8 +260,17 @@ class RWKVTimeMix(nn.Module):
       o_BHK, state = wkv6_step(state0, r_BTHK[:, 0], k_BTHK[:, 0], v_BTHK[:, 0], logw_BTHK[:, 0], bonus_HK)
       o_BTHK = o_BHK[:, None]
     else:
-      o_BTHK, state = wkv6_chunked(r_BTHK, k_BTHK, v_BTHK, logw_BTHK, bonus_HK, runs_BT=runs_BT,
-                                   state0_BHKV=state0, chunk_size=self.chunk_size, block_size=self.block_size)
+      o_BTHK, state = wkv6_chunked(
+        r_BTHK,
+        k_BTHK,
+        v_BTHK,
+        logw_BTHK,
+        bonus_HK,
+        runs_BT=runs_BT,
+        state0_BHKV=state0,
+        chunk_size=self.chunk_size,
+        block_size=self.block_size,
+      )
 
     mean = jnp.mean(o_BTHK, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(o_BTHK - mean), axis=-1, keepdims=True)
@@ -258,8 +283,10 @@ class RWKVTimeMix(nn.Module):
     if cache is not None:
       if T > 1:
         o_BTHK = take_time(o_BTHK, inverse_BT)
-      new_cache = {"wkv_state": state.astype(cache["wkv_state"].dtype),
-                   "shift_state": carried_window(full_BSD, n_valid_B, 1).astype(cache["shift_state"].dtype)}
+      new_cache = {
+        "wkv_state": state.astype(cache["wkv_state"].dtype),
+        "shift_state": carried_window(full_BSD, n_valid_B, 1).astype(cache["shift_state"].dtype),
+      }
     w_o = param_with_axes(self, "out_kernel", residual_init(cfg), (H, Kd, D), ("heads", "head_dim", "embed"))
     y_BTD = jnp.einsum("bthk,hkd->btd", o_BTHK, w_o.astype(dt_))
     return y_BTD, new_cache

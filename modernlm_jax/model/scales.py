@@ -30,24 +30,35 @@ GPT2_VOCAB = 50257
 
 # name -> (n_layers, d_model, n_heads, vocab, max_len, tokenizer kind)
 _GPT2_SHAPES: dict[str, tuple[int, int, int, int, int, str]] = {
-    "3.5m": (4, 192, 3, SMALL_VOCAB, 512, "sentencepiece"),
-    "8m": (7, 256, 4, SMALL_VOCAB, 512, "sentencepiece"),
-    "30m": (8, 512, 8, SMALL_VOCAB, 1024, "sentencepiece"),
-    "125m": (12, 768, 12, GPT2_VOCAB, 1024, "gpt2"),  # exactly GPT-2 small
-    "253m": (16, 1024, 16, GPT2_VOCAB, 1024, "gpt2"),
+  "3.5m": (4, 192, 3, SMALL_VOCAB, 512, "sentencepiece"),
+  "8m": (7, 256, 4, SMALL_VOCAB, 512, "sentencepiece"),
+  "30m": (8, 512, 8, SMALL_VOCAB, 1024, "sentencepiece"),
+  "125m": (12, 768, 12, GPT2_VOCAB, 1024, "gpt2"),  # exactly GPT-2 small
+  "253m": (16, 1024, 16, GPT2_VOCAB, 1024, "gpt2"),
 }
 SCALES = tuple(_GPT2_SHAPES)
 # Development presets: not part of the matched table; small enough for a 2-core CPU in minutes.
 DEV_SCALES: dict[str, tuple[int, int, int, int, int, str]] = {
-    "tiny": (4, 128, 4, 2048, 256, "sentencepiece"),
+  "tiny": (4, 128, 4, 2048, 256, "sentencepiece"),
 }
 
 
 def gpt2_config(scale: str) -> ModelConfig:
   n_layers, d, h, vocab, ctx, _ = {**_GPT2_SHAPES, **DEV_SCALES}[scale]
-  return ModelConfig(family="gpt2", vocab_size=vocab, max_len=ctx, n_layers=n_layers, d_model=d, n_heads=h,
-                     d_ff=4 * d, positions="learned", norm="layernorm", mlp="gelu", use_bias=True,
-                     tie_embeddings=True)
+  return ModelConfig(
+    family="gpt2",
+    vocab_size=vocab,
+    max_len=ctx,
+    n_layers=n_layers,
+    d_model=d,
+    n_heads=h,
+    d_ff=4 * d,
+    positions="learned",
+    norm="layernorm",
+    mlp="gelu",
+    use_bias=True,
+    tie_embeddings=True,
+  )
 
 
 def matched_swiglu_width(target_total: int, base: ModelConfig, multiple: int = 16) -> int:
@@ -61,9 +72,20 @@ def modern_config(scale: str) -> ModelConfig:
   if scale == "253m":
     # The reference modern model: 12L, 1024d, 16H, RoPE, RMSNorm, SwiGLU, untied embeddings, GPT-2 vocabulary.
     # d_ff 2688 is 8/3·d rounded to a multiple of 128 (tensor-core friendly) -> 252.4M parameters.
-    return ModelConfig(family="modern", vocab_size=GPT2_VOCAB, max_len=1024, n_layers=12, d_model=1024, n_heads=16,
-                       d_ff=2688, positions="rope", norm="rmsnorm", mlp="swiglu", use_bias=False,
-                       tie_embeddings=False)
+    return ModelConfig(
+      family="modern",
+      vocab_size=GPT2_VOCAB,
+      max_len=1024,
+      n_layers=12,
+      d_model=1024,
+      n_heads=16,
+      d_ff=2688,
+      positions="rope",
+      norm="rmsnorm",
+      mlp="swiglu",
+      use_bias=False,
+      tie_embeddings=False,
+    )
   ref = gpt2_config(scale)
   base = ref.replace(family="modern", positions="rope", norm="rmsnorm", mlp="swiglu", use_bias=False)
   return base.replace(d_ff=matched_swiglu_width(count_params(ref)["total"], base))
@@ -86,21 +108,30 @@ def hybrid_config(scale: str) -> ModelConfig:
   "ssm,rwkv,ssm,attn") and `positions="rope"`; it is then bounded by its KV cache.
   """
   ref = gpt2_config(scale)
-  base = ref.replace(family="hybrid", positions="none", norm="rmsnorm", mlp="swiglu", use_bias=False,
-                     layer_pattern=hybrid_pattern(ref.n_layers), ssm_state=HYBRID_SSM_STATE,
-                     ssm_heads=2 * ref.n_heads,  # SSM head width = the attention head width (inner width is 2 d)
-                     rwkv_heads=ref.n_heads)
+  base = ref.replace(
+    family="hybrid",
+    positions="none",
+    norm="rmsnorm",
+    mlp="swiglu",
+    use_bias=False,
+    layer_pattern=hybrid_pattern(ref.n_layers),
+    ssm_state=HYBRID_SSM_STATE,
+    ssm_heads=2 * ref.n_heads,  # SSM head width = the attention head width (inner width is 2 d)
+    rwkv_heads=ref.n_heads,
+  )
   return base.replace(d_ff=matched_swiglu_width(count_params(ref)["total"], base))
 
 
-FAMILIES: dict[str, Callable[[str], ModelConfig]] = {"gpt2": gpt2_config, "modern": modern_config,
-                                                     "hybrid": hybrid_config}
+FAMILIES: dict[str, Callable[[str], ModelConfig]] = {
+  "gpt2": gpt2_config,
+  "modern": modern_config,
+  "hybrid": hybrid_config,
+}
 
 
 def register_family(name: str, builder: Callable[[str], ModelConfig]) -> None:
   """Adds a family (e.g. the recurrent hybrid) to the table; its builder must match the gpt2 totals."""
   FAMILIES[name] = builder
-
 
 
 def preset(name: str) -> ModelConfig:
@@ -143,21 +174,37 @@ def scale_table(include_dev: bool = False) -> list[dict]:
     family, _, scale = name.partition("-")
     counts = count_params(cfg)
     ref_total = count_params(gpt2_config(scale))["total"]
-    rows.append({"name": name, "family": family, "layers": cfg.n_layers, "d_model": cfg.d_model, "heads": cfg.n_heads,
-                 "d_ff": cfg.d_ff, "vocab": cfg.vocab_size, "tokenizer": preset_tokenizer(scale),
-                 "embedding": counts["embedding"], "non_embedding": counts["non_embedding"], "total": counts["total"],
-                 "vs_gpt2": counts["total"] / ref_total - 1.0})
+    rows.append(
+      {
+        "name": name,
+        "family": family,
+        "layers": cfg.n_layers,
+        "d_model": cfg.d_model,
+        "heads": cfg.n_heads,
+        "d_ff": cfg.d_ff,
+        "vocab": cfg.vocab_size,
+        "tokenizer": preset_tokenizer(scale),
+        "embedding": counts["embedding"],
+        "non_embedding": counts["non_embedding"],
+        "total": counts["total"],
+        "vs_gpt2": counts["total"] / ref_total - 1.0,
+      }
+    )
   return rows
 
 
 def format_table(rows: list[dict]) -> str:
-  head = f"{'name':<14}{'family':<8}{'layers':>7}{'d_model':>8}{'heads':>6}{'d_ff':>6}{'vocab':>7}  {'tokenizer':<14}" \
-         f"{'embedding':>13}{'non-embedding':>15}{'total':>13}{'vs gpt2':>9}"
+  head = (
+    f"{'name':<14}{'family':<8}{'layers':>7}{'d_model':>8}{'heads':>6}{'d_ff':>6}{'vocab':>7}  {'tokenizer':<14}"
+    f"{'embedding':>13}{'non-embedding':>15}{'total':>13}{'vs gpt2':>9}"
+  )
   lines = [head, "-" * len(head)]
   for r in rows:
-    lines.append(f"{r['name']:<14}{r['family']:<8}{r['layers']:>7}{r['d_model']:>8}{r['heads']:>6}{r['d_ff']:>6}"
-                 f"{r['vocab']:>7}  {r['tokenizer']:<14}{r['embedding']:>13,}{r['non_embedding']:>15,}{r['total']:>13,}"
-                 f"{r['vs_gpt2']:>+9.2%}")
+    lines.append(
+      f"{r['name']:<14}{r['family']:<8}{r['layers']:>7}{r['d_model']:>8}{r['heads']:>6}{r['d_ff']:>6}"
+      f"{r['vocab']:>7}  {r['tokenizer']:<14}{r['embedding']:>13,}{r['non_embedding']:>15,}{r['total']:>13,}"
+      f"{r['vs_gpt2']:>+9.2%}"
+    )
   return "\n".join(lines)
 
 

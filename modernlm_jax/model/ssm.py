@@ -44,7 +44,8 @@ def segment_runs(segment_ids_BT: jax.Array) -> jax.Array:
   ids also means no document boundary lies between them).
   """
   change_BT = jnp.concatenate(
-      [jnp.zeros_like(segment_ids_BT[:, :1], bool), segment_ids_BT[:, 1:] != segment_ids_BT[:, :-1]], axis=1)
+    [jnp.zeros_like(segment_ids_BT[:, :1], bool), segment_ids_BT[:, 1:] != segment_ids_BT[:, :-1]], axis=1
+  )
   return jnp.cumsum(change_BT.astype(jnp.int32), axis=1)
 
 
@@ -81,7 +82,7 @@ def causal_depthwise_conv(u_BTC, w_KC, b_C, prev_BKC, runs_BT=None):
   y_BTC = jnp.broadcast_to(b_C.astype(u_BTC.dtype), u_BTC.shape)
   for k in range(K):
     lag = K - 1 - k
-    tap_BTC = full_BSC[:, k:k + T]
+    tap_BTC = full_BSC[:, k : k + T]
     if runs_BT is not None and lag:
       same_BT = runs_BT == jnp.pad(runs_BT, ((0, 0), (lag, 0)), constant_values=-1)[:, :T]
       tap_BTC = jnp.where(same_BT[:, :, None], tap_BTC, 0)
@@ -187,7 +188,8 @@ def ssd_step(state_BHNP, x_BHP, a_BH, b_BN, c_BN):
   """One decoding step of the recurrence; returns (y_BHP, new_state_BHNP)."""
   f32 = jnp.float32
   state = jnp.exp(a_BH.astype(f32))[:, :, None, None] * state_BHNP.astype(f32) + jnp.einsum(
-      "bn,bhp->bhnp", b_BN.astype(f32), x_BHP.astype(f32))
+    "bn,bhp->bhnp", b_BN.astype(f32), x_BHP.astype(f32)
+  )
   return jnp.einsum("bn,bhnp->bhp", c_BN.astype(f32), state), state
 
 
@@ -225,8 +227,10 @@ def ssm_dims(cfg: ModelConfig) -> tuple[int, int, int]:
   H = cfg.ssm_heads or cfg.n_heads
   inner = SSM_EXPAND * cfg.d_model
   if inner % H:
-    raise ValueError(f"selective SSM: inner width {inner} (= {SSM_EXPAND} * d_model) is not divisible by "
-                     f"ssm_heads={H}; pick ssm_heads dividing {inner}")
+    raise ValueError(
+      f"selective SSM: inner width {inner} (= {SSM_EXPAND} * d_model) is not divisible by "
+      f"ssm_heads={H}; pick ssm_heads dividing {inner}"
+    )
   if cfg.ssm_state <= 0:
     raise ValueError(f"model.ssm_state must be positive, got {cfg.ssm_state}")
   return H, inner // H, cfg.ssm_state
@@ -235,8 +239,10 @@ def ssm_dims(cfg: ModelConfig) -> tuple[int, int, int]:
 def init_ssm_cache(cfg: ModelConfig, batch_size: int, dtype=None) -> dict:
   H, P, N = ssm_dims(cfg)
   conv_dtype = jnp.dtype(dtype or cfg.dtype)
-  return {"ssm_state": jnp.zeros((batch_size, H, N, P), jnp.float32),  # the recurrence always runs in float32
-          "conv_state": jnp.zeros((batch_size, CONV_WIDTH - 1, H * P + 2 * N), conv_dtype)}
+  return {
+    "ssm_state": jnp.zeros((batch_size, H, N, P), jnp.float32),  # the recurrence always runs in float32
+    "conv_state": jnp.zeros((batch_size, CONV_WIDTH - 1, H * P + 2 * N), conv_dtype),
+  }
 
 
 def _dt_bias_init(key, shape, dtype=jnp.float32):
@@ -275,17 +281,30 @@ class SelectiveSSM(nn.Module):
       return jnp.einsum("btd,d...->bt...", x_BTD, w.astype(dt_))
 
     z_BTHP = proj("z_kernel", (H, P), ("heads", "head_dim"))
-    u_BTC = jnp.concatenate([proj("x_kernel", (H, P), ("heads", "head_dim")).reshape(B, T, H * P),
-                             proj("b_kernel", (N,), ("state",)), proj("c_kernel", (N,), ("state",))], axis=-1)
+    u_BTC = jnp.concatenate(
+      [
+        proj("x_kernel", (H, P), ("heads", "head_dim")).reshape(B, T, H * P),
+        proj("b_kernel", (N,), ("state",)),
+        proj("c_kernel", (N,), ("state",)),
+      ],
+      axis=-1,
+    )
     dt_raw_BTH = proj("dt_kernel", (H,), ("heads",))
-    conv_w_KC = jnp.concatenate([
+    conv_w_KC = jnp.concatenate(
+      [
         param_with_axes(self, "conv_x_kernel", _conv_init, (K, H, P), ("conv", "heads", "head_dim")).reshape(K, H * P),
         param_with_axes(self, "conv_b_kernel", _conv_init, (K, N), ("conv", "state")),
-        param_with_axes(self, "conv_c_kernel", _conv_init, (K, N), ("conv", "state"))], axis=1)
-    conv_b_C = jnp.concatenate([
+        param_with_axes(self, "conv_c_kernel", _conv_init, (K, N), ("conv", "state")),
+      ],
+      axis=1,
+    )
+    conv_b_C = jnp.concatenate(
+      [
         param_with_axes(self, "conv_x_bias", nn.initializers.zeros, (H, P), ("heads", "head_dim")).reshape(H * P),
         param_with_axes(self, "conv_b_bias", nn.initializers.zeros, (N,), ("state",)),
-        param_with_axes(self, "conv_c_bias", nn.initializers.zeros, (N,), ("state",))])
+        param_with_axes(self, "conv_c_bias", nn.initializers.zeros, (N,), ("state",)),
+      ]
+    )
     dt_bias_H = param_with_axes(self, "dt_bias", _dt_bias_init, (H,), ("heads",))
     a_log_H = param_with_axes(self, "a_log", _a_log_init, (H,), ("heads",))
     d_skip_H = param_with_axes(self, "d_skip", nn.initializers.ones, (H,), ("heads",))
@@ -305,9 +324,9 @@ class SelectiveSSM(nn.Module):
 
     conv_BTC, full_BSC = causal_depthwise_conv(u_BTC, conv_w_KC, conv_b_C, prev_BKC, runs_BT)
     conv_BTC = nn.silu(conv_BTC)
-    xs_BTHP = conv_BTC[..., :H * P].reshape(B, T, H, P).astype(jnp.float32)
-    b_BTN = conv_BTC[..., H * P:H * P + N]
-    c_BTN = conv_BTC[..., H * P + N:]
+    xs_BTHP = conv_BTC[..., : H * P].reshape(B, T, H, P).astype(jnp.float32)
+    b_BTN = conv_BTC[..., H * P : H * P + N]
+    c_BTN = conv_BTC[..., H * P + N :]
     dt_BTH = jax.nn.softplus(dt_raw_BTH.astype(jnp.float32) + dt_bias_H)
     a_BTH = jnp.maximum(dt_BTH * -jnp.exp(a_log_H), MIN_LOG_DECAY)
     xdt_BTHP = xs_BTHP * dt_BTH[..., None]
@@ -319,8 +338,9 @@ class SelectiveSSM(nn.Module):
       y_BHP, state = ssd_step(state0, xdt_BTHP[:, 0], a_BTH[:, 0], b_BTN[:, 0], c_BTN[:, 0])
       y_BTHP = y_BHP[:, None]
     else:
-      y_BTHP, state = ssd_chunked(xdt_BTHP, a_BTH, b_BTN, c_BTN, runs_BT=runs_BT, state0_BHNP=state0,
-                                  chunk_size=self.chunk_size)
+      y_BTHP, state = ssd_chunked(
+        xdt_BTHP, a_BTH, b_BTN, c_BTN, runs_BT=runs_BT, state0_BHNP=state0, chunk_size=self.chunk_size
+      )
     y_BTHP = y_BTHP + d_skip_H[:, None] * xs_BTHP
     y_BTHP = y_BTHP * nn.silu(z_BTHP.astype(jnp.float32))
     norm_HP = param_with_axes(self, "norm_scale", nn.initializers.ones, (H, P), ("heads", "head_dim"))
@@ -330,8 +350,10 @@ class SelectiveSSM(nn.Module):
     if cache is not None:
       if T > 1:
         y_BTHP = take_time(y_BTHP, inverse_BT)
-      new_cache = {"ssm_state": state.astype(cache["ssm_state"].dtype),
-                   "conv_state": carried_window(full_BSC, n_valid_B, K - 1).astype(cache["conv_state"].dtype)}
+      new_cache = {
+        "ssm_state": state.astype(cache["ssm_state"].dtype),
+        "conv_state": carried_window(full_BSC, n_valid_B, K - 1).astype(cache["conv_state"].dtype),
+      }
     w_o = param_with_axes(self, "out_kernel", residual_init(cfg), (H, P, D), ("heads", "head_dim", "embed"))
     y_BTD = jnp.einsum("bthp,hpd->btd", y_BTHP.astype(dt_), w_o.astype(dt_))
     return y_BTD, new_cache

@@ -66,8 +66,16 @@ def _kernel(num_heads: int, seq_len: int, interpret: bool):
   kernel_lib, mask_lib = _import_splash()
   b = _block(seq_len)
   mask = mask_lib.MultiHeadMask([mask_lib.CausalMask((seq_len, seq_len)) for _ in range(num_heads)])
-  sizes = kernel_lib.BlockSizes(block_q=b, block_kv=b, block_kv_compute=b, block_q_dkv=b, block_kv_dkv=b,
-                                block_kv_dkv_compute=b, block_q_dq=b, block_kv_dq=b)
+  sizes = kernel_lib.BlockSizes(
+    block_q=b,
+    block_kv=b,
+    block_kv_compute=b,
+    block_q_dkv=b,
+    block_kv_dkv=b,
+    block_kv_dkv_compute=b,
+    block_q_dq=b,
+    block_kv_dq=b,
+  )
   return kernel_lib.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
 
 
@@ -84,8 +92,9 @@ def _local_splash(q_BTHD, k_BTHD, v_BTHD, segment_ids_BT, sink_H, interpret: boo
     out_BHTD = jax.vmap(lambda q, k, v: kernel(q, k, v, sinks=sinks))(q_BHTD, k_BHTD, v_BHTD)
   else:
     seg_BT = segment_ids_BT.astype(jnp.int32)
-    out_BHTD = jax.vmap(lambda q, k, v, s: kernel(q, k, v, segment_ids=kernel_lib.SegmentIds(q=s, kv=s),
-                                                  sinks=sinks))(q_BHTD, k_BHTD, v_BHTD, seg_BT)
+    out_BHTD = jax.vmap(lambda q, k, v, s: kernel(q, k, v, segment_ids=kernel_lib.SegmentIds(q=s, kv=s), sinks=sinks))(
+      q_BHTD, k_BHTD, v_BHTD, seg_BT
+    )
   return jnp.swapaxes(out_BHTD, 1, 2)
 
 
@@ -94,13 +103,17 @@ def splash_attention(q_BTHD, k_BTHD, v_BTHD, segment_ids_BT=None, *, sink_H=None
   `sink_H` is); returns [B, T, H, Dh] in q's dtype."""
   B, T, H, _ = q_BTHD.shape
   if not splash_seq_ok(T):
-    raise ValueError(f"splash attention needs a sequence length divisible by {SPLASH_BLOCK}, got {T}; "
-                     "change data.seq_len or set model.attention_impl=xla")
+    raise ValueError(
+      f"splash attention needs a sequence length divisible by {SPLASH_BLOCK}, got {T}; "
+      "change data.seq_len or set model.attention_impl=xla"
+    )
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty:
     if jax.device_count() > 1 and not interpret:
-      raise ValueError("splash attention on several devices must be traced under the device mesh; wrap the jitted "
-                       "call in `with jax.set_mesh(mesh):` (the training loop does this on TPU)")
+      raise ValueError(
+        "splash attention on several devices must be traced under the device mesh; wrap the jitted "
+        "call in `with jax.set_mesh(mesh):` (the training loop does this on TPU)"
+      )
     return _local_splash(q_BTHD, k_BTHD, v_BTHD, segment_ids_BT, sink_H, interpret)
   batch_axes = tuple(a for a in _BATCH_AXES if a in mesh.axis_names and mesh.shape[a] > 1)
   rows = math.prod(mesh.shape[a] for a in batch_axes)
@@ -112,16 +125,28 @@ def splash_attention(q_BTHD, k_BTHD, v_BTHD, segment_ids_BT=None, *, sink_H=None
   fn = functools.partial(_local_splash, interpret=interpret)
   seg_spec, sink_spec = P(row_spec, None), P(head_axis)
   if segment_ids_BT is None and sink_H is None:
-    return jax.shard_map(lambda q, k, v: fn(q, k, v, None, None), mesh=mesh, in_specs=(qkv_spec,) * 3,
-                         out_specs=qkv_spec, check_vma=False)(q_BTHD, k_BTHD, v_BTHD)
+    return jax.shard_map(
+      lambda q, k, v: fn(q, k, v, None, None), mesh=mesh, in_specs=(qkv_spec,) * 3, out_specs=qkv_spec, check_vma=False
+    )(q_BTHD, k_BTHD, v_BTHD)
   if sink_H is None:
-    return jax.shard_map(lambda q, k, v, s: fn(q, k, v, s, None), mesh=mesh, in_specs=(qkv_spec,) * 3 + (seg_spec,),
-                         out_specs=qkv_spec, check_vma=False)(q_BTHD, k_BTHD, v_BTHD, segment_ids_BT)
+    return jax.shard_map(
+      lambda q, k, v, s: fn(q, k, v, s, None),
+      mesh=mesh,
+      in_specs=(qkv_spec,) * 3 + (seg_spec,),
+      out_specs=qkv_spec,
+      check_vma=False,
+    )(q_BTHD, k_BTHD, v_BTHD, segment_ids_BT)
   if segment_ids_BT is None:
-    return jax.shard_map(lambda q, k, v, h: fn(q, k, v, None, h), mesh=mesh, in_specs=(qkv_spec,) * 3 + (sink_spec,),
-                         out_specs=qkv_spec, check_vma=False)(q_BTHD, k_BTHD, v_BTHD, sink_H)
-  return jax.shard_map(fn, mesh=mesh, in_specs=(qkv_spec,) * 3 + (seg_spec, sink_spec), out_specs=qkv_spec,
-                       check_vma=False)(q_BTHD, k_BTHD, v_BTHD, segment_ids_BT, sink_H)
+    return jax.shard_map(
+      lambda q, k, v, h: fn(q, k, v, None, h),
+      mesh=mesh,
+      in_specs=(qkv_spec,) * 3 + (sink_spec,),
+      out_specs=qkv_spec,
+      check_vma=False,
+    )(q_BTHD, k_BTHD, v_BTHD, sink_H)
+  return jax.shard_map(
+    fn, mesh=mesh, in_specs=(qkv_spec,) * 3 + (seg_spec, sink_spec), out_specs=qkv_spec, check_vma=False
+  )(q_BTHD, k_BTHD, v_BTHD, segment_ids_BT, sink_H)
 
 
 def kernel_mesh_context(mesh, backend: str | None = None):

@@ -18,9 +18,9 @@ from modernlm_jax.model.mixers import init_mixer_cache, mixer_class
 from modernlm_jax.model.param_layout import SCANNED_LAYERS
 
 _REMAT_POLICIES = {
-    "full": None,
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+  "full": None,
+  "dots": jax.checkpoint_policies.checkpoint_dots,
+  "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
 }
 
 
@@ -31,8 +31,13 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x_BTD, positions_BT, segment_ids_BT, cache, decode_info):
     mixer = mixer_class(self.kind)(self.cfg, name="mixer")
-    h_BTD, new_cache = mixer(make_norm(self.cfg, "mixer_norm")(x_BTD), positions_BT=positions_BT,
-                             segment_ids_BT=segment_ids_BT, cache=cache, decode_info=decode_info)
+    h_BTD, new_cache = mixer(
+      make_norm(self.cfg, "mixer_norm")(x_BTD),
+      positions_BT=positions_BT,
+      segment_ids_BT=segment_ids_BT,
+      cache=cache,
+      decode_info=decode_info,
+    )
     x_BTD = x_BTD + h_BTD
     x_BTD = x_BTD + MLP(self.cfg, name="mlp")(make_norm(self.cfg, "mlp_norm")(x_BTD))
     return x_BTD, new_cache
@@ -91,8 +96,9 @@ class LanguageModel(nn.Module):
     embed = Embed(cfg.vocab_size, cfg.d_model, ("vocab", "embed"), cfg.init_std, dt, name="embed")
     x_BTD = embed(tokens_BT)
     if cfg.positions == "learned":
-      table = param_with_axes(self, "pos_embed", normal_init(cfg.init_std / 2), (cfg.max_len, cfg.d_model),
-                              ("max_len", "embed"))
+      table = param_with_axes(
+        self, "pos_embed", normal_init(cfg.init_std / 2), (cfg.max_len, cfg.d_model), ("max_len", "embed")
+      )
       x_BTD = x_BTD + jnp.take(table, jnp.clip(embed_positions, 0, cfg.max_len - 1), axis=0).astype(dt)
 
     block_cls = Block
@@ -100,17 +106,24 @@ class LanguageModel(nn.Module):
       block_cls = nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=True)
     new_cache = {"pos": decode_info["kv_pos_BS"]} if cache is not None else None
     if cfg.scan_layers:  # one Block traced once, its parameters (and cache) stacked on a leading layer axis
-      scanned = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
-                        in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast), length=cfg.n_layers,
-                        metadata_params={nn.PARTITION_NAME: SCANNED_LAYERS})
+      scanned = nn.scan(
+        block_cls,
+        variable_axes={"params": 0},
+        split_rngs={"params": True},
+        in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast),
+        length=cfg.n_layers,
+        metadata_params={nn.PARTITION_NAME: SCANNED_LAYERS},
+      )
       x_BTD, stacked_cache = scanned(cfg, cfg.mixers[0], name=SCANNED_LAYERS)(
-          x_BTD, positions, segment_ids, None if cache is None else cache[SCANNED_LAYERS], decode_info)
+        x_BTD, positions, segment_ids, None if cache is None else cache[SCANNED_LAYERS], decode_info
+      )
       if cache is not None:
         new_cache[SCANNED_LAYERS] = stacked_cache
     for i, kind in enumerate(() if cfg.scan_layers else cfg.mixers):
       layer_cache = cache[f"layer_{i}"] if cache is not None else None
       x_BTD, layer_new_cache = block_cls(cfg, kind, name=f"layer_{i}")(
-          x_BTD, positions, segment_ids, layer_cache, decode_info)
+        x_BTD, positions, segment_ids, layer_cache, decode_info
+      )
       if cache is not None:
         new_cache[f"layer_{i}"] = layer_new_cache
     x_BTD = make_norm(cfg, "final_norm")(x_BTD)
@@ -139,8 +152,11 @@ def init_cache(cfg: ModelConfig, batch_size: int, max_len: int, dtype=None) -> d
   """An empty decode cache: absolute position per slot (-1 = empty) and one entry per layer."""
   cache = {"pos": jnp.full((batch_size, max_len), -1, jnp.int32)}
   if cfg.scan_layers:  # homogeneous stack: one cache entry with a leading layer axis
-    one = (init_attention_cache(cfg, batch_size, max_len, dtype) if cfg.mixers[0] == "attn"
-           else init_mixer_cache(cfg, cfg.mixers[0], batch_size, dtype))
+    one = (
+      init_attention_cache(cfg, batch_size, max_len, dtype)
+      if cfg.mixers[0] == "attn"
+      else init_mixer_cache(cfg, cfg.mixers[0], batch_size, dtype)
+    )
     cache[SCANNED_LAYERS] = jax.tree.map(lambda x: jnp.broadcast_to(x, (cfg.n_layers, *x.shape)), one)
     return cache
   for i, kind in enumerate(cfg.mixers):

@@ -75,35 +75,50 @@ def verify_fingerprints(tree, meta: dict | None, where: str) -> None:
   now = fingerprints(tree)
   bad = sorted(k for k, v in now.items() if k in saved and saved[k] != v)
   if bad:
-    raise CheckpointError(f"{where}: array contents differ from what was saved (fingerprint mismatch in "
-                          f"{len(bad)} array(s): {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}): "
-                          "the files were damaged after the save")
+    raise CheckpointError(
+      f"{where}: array contents differ from what was saved (fingerprint mismatch in "
+      f"{len(bad)} array(s): {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}): "
+      "the files were damaged after the save"
+    )
 
 
 def _state_tree(state: TrainState) -> dict:
-  tree = {"step": state.step, "params": state.params, "opt_state": state.opt_state, "rng": state.rng,
-          "skipped": state.skipped}
+  tree = {
+    "step": state.step,
+    "params": state.params,
+    "opt_state": state.opt_state,
+    "rng": state.rng,
+    "skipped": state.skipped,
+  }
   if state.ref_params is not None:
     tree["ref_params"] = state.ref_params
   return tree
 
 
 def _from_tree(tree: dict, template: TrainState) -> TrainState:
-  return template.replace(step=tree["step"], params=tree["params"], opt_state=tree["opt_state"], rng=tree["rng"],
-                          skipped=tree["skipped"], ref_params=tree.get("ref_params"))
+  return template.replace(
+    step=tree["step"],
+    params=tree["params"],
+    opt_state=tree["opt_state"],
+    rng=tree["rng"],
+    skipped=tree["skipped"],
+    ref_params=tree.get("ref_params"),
+  )
 
 
 class Checkpointer:
-
   def __init__(self, directory: str | Path, *, keep: int = 3, async_save: bool = True):
     if int(keep) < 1:
-      raise ValueError(f"train.keep_checkpoints={keep} would keep no checkpoint: the trained model would be deleted; "
-                       "set it to 1 or more")
+      raise ValueError(
+        f"train.keep_checkpoints={keep} would keep no checkpoint: the trained model would be deleted; "
+        "set it to 1 or more"
+      )
     self.directory = paths.path(directory)  # local or gs://: orbax writes both
     self.manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=True),
-        item_names=("state", "data", "meta"))
+      self.directory,
+      options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=True),
+      item_names=("state", "data", "meta"),
+    )
 
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
@@ -115,10 +130,13 @@ class Checkpointer:
     tree = _state_tree(state)
     meta = {**meta, "fingerprints": fingerprints(tree)}
     try:  # orbax first waits for the previous background save: its failure surfaces here
-      self.manager.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(tree),
-          data=ocp.args.JsonSave(data_state or {}),
-          meta=ocp.args.JsonSave(meta)), force=force)
+      self.manager.save(
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardSave(tree), data=ocp.args.JsonSave(data_state or {}), meta=ocp.args.JsonSave(meta)
+        ),
+        force=force,
+      )
     except OSError as e:
       raise save_failure(self.directory, e) from e
 
@@ -133,8 +151,13 @@ class Checkpointer:
       try:
         return self.manager.restore(s, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
       except Exception as e:  # noqa: BLE001 - restore() reports it and falls back past this step
-        logging.warning("metadata of checkpoint step %s in %s is unreadable (%s: %s)", s, self.directory,
-                        type(e).__name__, str(e)[:300])
+        logging.warning(
+          "metadata of checkpoint step %s in %s is unreadable (%s: %s)",
+          s,
+          self.directory,
+          type(e).__name__,
+          str(e)[:300],
+        )
     return None
 
   def restore(self, abstract_state: TrainState, step: int | None = None) -> tuple[TrainState, dict, dict, int]:
@@ -147,23 +170,34 @@ class Checkpointer:
     errors = []
     for s in candidates:
       try:
-        restored = self.manager.restore(s, args=ocp.args.Composite(
+        restored = self.manager.restore(
+          s,
+          args=ocp.args.Composite(
             state=ocp.args.StandardRestore(_state_tree(abstract_state)),
             data=ocp.args.JsonRestore(),
-            meta=ocp.args.JsonRestore()))
+            meta=ocp.args.JsonRestore(),
+          ),
+        )
         verify_fingerprints(restored["state"], restored["meta"], f"checkpoint step {s}")
         check_data_position(restored["data"], restored["state"], s)
       except Exception as e:  # noqa: BLE001 - any unreadable checkpoint falls back to the previous one
-        logging.warning("checkpoint at step %s in %s is unreadable (%s: %s); trying an older one",
-                        s, self.directory, type(e).__name__, str(e)[:300])
+        logging.warning(
+          "checkpoint at step %s in %s is unreadable (%s: %s); trying an older one",
+          s,
+          self.directory,
+          type(e).__name__,
+          str(e)[:300],
+        )
         errors.append(f"step {s}: {type(e).__name__}: {str(e)[:200]}")
         continue
       if errors:
-        self._set_aside(candidates[:candidates.index(s)])
+        self._set_aside(candidates[: candidates.index(s)])
       return _from_tree(restored["state"], abstract_state), dict(restored["data"] or {}), restored["meta"], s
     raise CheckpointError(
-        f"no readable checkpoint in {self.directory} (tried {candidates}):\n  " + "\n  ".join(errors) +
-        "\nRefusing to start from scratch over existing work: move the directory aside or pass a new --workdir.")
+      f"no readable checkpoint in {self.directory} (tried {candidates}):\n  "
+      + "\n  ".join(errors)
+      + "\nRefusing to start from scratch over existing work: move the directory aside or pass a new --workdir."
+    )
 
   def _set_aside(self, steps: list[int]) -> None:
     """Moves unreadable checkpoints out of the way, kept for inspection.
@@ -183,6 +217,7 @@ class Checkpointer:
         logging.warning("moved unreadable checkpoint step %s to %s; training continues from an older one", s, target)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
+
       multihost_utils.sync_global_devices("modernlm_jax:set_aside_unreadable_checkpoints")
     self.manager.reload()
 
@@ -205,32 +240,39 @@ class Checkpointer:
 
 
 def abstract_with_shardings(abstract_state: TrainState, shardings: TrainState) -> TrainState:
-  return jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state,
-                                shardings)
+  return jax.tree_util.tree_map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings
+  )
 
 
 def run_identity(config) -> dict[str, Any]:
   """What must match for a checkpoint to be resumable with this config."""
-  return {"model": json.loads(json.dumps(config.model.to_dict())), "tokenizer_kind": config.tokenizer.kind,
-          "global_batch_size": int(config.train.batch_size),
-          "optimizer": json.loads(json.dumps(optimizer_settings(config.train)))}
+  return {
+    "model": json.loads(json.dumps(config.model.to_dict())),
+    "tokenizer_kind": config.tokenizer.kind,
+    "global_batch_size": int(config.train.batch_size),
+    "optimizer": json.loads(json.dumps(optimizer_settings(config.train))),
+  }
 
 
 def check_identity(stored: dict, current: dict, tokenizer_identity: str | None, workdir: str) -> None:
   if not stored:
     return
   if stored.get("model") != current["model"]:
-    diff = {k: (stored.get("model", {}).get(k), v) for k, v in current["model"].items()
-            if stored.get("model", {}).get(k) != v}
+    diff = {
+      k: (stored.get("model", {}).get(k), v) for k, v in current["model"].items() if stored.get("model", {}).get(k) != v
+    }
     raise CheckpointError(
-        f"{workdir} holds a checkpoint of a different model (stored vs requested: {diff}). Nothing was overwritten; "
-        "use a new --workdir, or the stored model settings to resume.")
+      f"{workdir} holds a checkpoint of a different model (stored vs requested: {diff}). Nothing was overwritten; "
+      "use a new --workdir, or the stored model settings to resume."
+    )
   _check_global_batch(stored, current, workdir)
   stored_tok = stored.get("tokenizer_identity")
   if tokenizer_identity and stored_tok and stored_tok != tokenizer_identity:
     raise CheckpointError(
-        f"{workdir} holds a checkpoint trained with tokenizer {stored_tok!r}, but this run uses {tokenizer_identity!r}. "
-        "Nothing was overwritten; use a new --workdir or the original tokenizer.")
+      f"{workdir} holds a checkpoint trained with tokenizer {stored_tok!r}, but this run uses {tokenizer_identity!r}. "
+      "Nothing was overwritten; use a new --workdir or the original tokenizer."
+    )
 
 
 def _check_global_batch(stored: dict, current: dict, workdir: str) -> None:
@@ -240,9 +282,10 @@ def _check_global_batch(stored: dict, current: dict, workdir: str) -> None:
   now = current.get("global_batch_size")
   if saved is not None and now is not None and int(saved) != int(now):
     raise CheckpointError(
-        f"{workdir} was trained with global batch train.batch_size={saved}, but this run asks for {now}: the "
-        f"data order and the optimizer state would not continue. Resume with --config.train.batch_size={saved} "
-        "(the global batch; it is split over however many hosts run now), or use a new --workdir.")
+      f"{workdir} was trained with global batch train.batch_size={saved}, but this run asks for {now}: the "
+      f"data order and the optimizer state would not continue. Resume with --config.train.batch_size={saved} "
+      "(the global batch; it is split over however many hosts run now), or use a new --workdir."
+    )
 
 
 # ----------------------------------------------------------------------------- locating and loading a run
@@ -272,8 +315,11 @@ def locate_run(path: str | Path, *, key: str = "init_from") -> RunLocation:
   """A run directory (its newest checkpoint), its checkpoints/ folder, one checkpoints/<step>, or an exported
   params folder. `key` names the setting in error messages (init_from, checkpoint, --run ...)."""
   p = paths.path(path)
-  fix = ("pass --config.checkpoint=<run directory>" if key == "checkpoint" else
-         "point it at a run directory (with checkpoints/) or an exported params directory")
+  fix = (
+    "pass --config.checkpoint=<run directory>"
+    if key == "checkpoint"
+    else "point it at a run directory (with checkpoints/) or an exported params directory"
+  )
   if not p.exists():
     raise CheckpointError(f"{_named(key, path)} does not exist; {fix}")
   if (p / "params.msgpack").exists():
@@ -286,19 +332,23 @@ def locate_run(path: str | Path, *, key: str = "init_from") -> RunLocation:
   if p.is_dir() and any(c.name.isdigit() for c in p.iterdir()):
     return RunLocation(str(path), run_dir=p.parent if p.name == "checkpoints" else None, ckpt_dir=p)
   raise CheckpointError(
-      f"{_named(key, path)} holds neither checkpoints/ nor params.msgpack; nothing to load. Pass a run directory "
-      "written by configs/pretrain.py (or sft/dpo), one of its checkpoints/<step> folders, or an imported params "
-      "directory (params.msgpack + model_config.json)")
+    f"{_named(key, path)} holds neither checkpoints/ nor params.msgpack; nothing to load. Pass a run directory "
+    "written by configs/pretrain.py (or sft/dpo), one of its checkpoints/<step> folders, or an imported params "
+    "directory (params.msgpack + model_config.json)"
+  )
 
 
 def _open_step(loc: RunLocation, key: str):
-  mngr = ocp.CheckpointManager(paths.path(loc.ckpt_dir), item_names=("state", "data", "meta"),
-                               options=ocp.CheckpointManagerOptions(read_only=True))
+  mngr = ocp.CheckpointManager(
+    paths.path(loc.ckpt_dir), item_names=("state", "data", "meta"), options=ocp.CheckpointManagerOptions(read_only=True)
+  )
   step = mngr.latest_step() if loc.step is None else loc.step
   if step is None:
     mngr.close()
-    raise CheckpointError(f"{key}={loc.ckpt_dir} holds no finished checkpoint; train that stage first (or wait for "
-                          "its first train.checkpoint_every steps)")
+    raise CheckpointError(
+      f"{key}={loc.ckpt_dir} holds no finished checkpoint; train that stage first (or wait for "
+      "its first train.checkpoint_every steps)"
+    )
   return mngr, int(step)
 
 
@@ -307,8 +357,10 @@ def _exported_params(loc: RunLocation) -> tuple[dict, dict]:
 
   cfg_file = loc.params_dir / "model_config.json"
   if not cfg_file.exists():
-    raise CheckpointError(f"{loc.params_dir} has params.msgpack but no model_config.json next to it; write it with "
-                          "modernlm_jax.interop.hf_gpt2.save_params")
+    raise CheckpointError(
+      f"{loc.params_dir} has params.msgpack but no model_config.json next to it; write it with "
+      "modernlm_jax.interop.hf_gpt2.save_params"
+    )
   params = flax.serialization.msgpack_restore((loc.params_dir / "params.msgpack").read_bytes())
   return params, {"model": json.loads(cfg_file.read_text())}
 
@@ -333,8 +385,9 @@ def load_run_params(loc: RunLocation, *, key: str = "init_from") -> tuple[Any, d
     return params, meta, None
   mngr, step = _open_step(loc, key)
   try:
-    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                                          meta=ocp.args.JsonRestore()))
+    restored = mngr.restore(
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
+    )
   finally:
     mngr.close()
   params, meta = restored["state"]["params"], dict(restored["meta"] or {})
@@ -349,13 +402,18 @@ def check_data_position(data_state: dict | None, state_tree: dict, step: int) ->
   replay or skip batches silently, so it is refused like any damaged checkpoint."""
   data_state = data_state or {}
   position = data_state.get("step", data_state.get("index"))
-  model_step = int(jax.device_get(state_tree["step"].addressable_data(0))) if hasattr(
-      state_tree["step"], "addressable_data") else int(state_tree["step"])
+  model_step = (
+    int(jax.device_get(state_tree["step"].addressable_data(0)))
+    if hasattr(state_tree["step"], "addressable_data")
+    else int(state_tree["step"])
+  )
   if model_step != step:
     raise CheckpointError(f"checkpoint step {step} holds a model at step {model_step}")
   if position is not None and int(position) != step:
-    raise CheckpointError(f"checkpoint step {step}: the data iterator position {position} does not match the model "
-                          f"step {step} (the data item was edited or comes from another checkpoint)")
+    raise CheckpointError(
+      f"checkpoint step {step}: the data iterator position {position} does not match the model "
+      f"step {step} (the data item was edited or comes from another checkpoint)"
+    )
 
 
 def directory_bytes(path: Path) -> int:
@@ -378,10 +436,11 @@ def _gib(n: int | None) -> str:
 
 def save_failure(directory: Path, error: BaseException) -> CheckpointError:
   return CheckpointError(
-      f"saving a checkpoint into {directory} failed ({type(error).__name__}: {str(error)[:300]}); free space there: "
-      f"{_gib(free_bytes(directory))}. Nothing after the last committed checkpoint is saved. Free disk space (or "
-      "lower train.keep_checkpoints) or pass a --workdir on a larger disk, then restart: the run resumes from its "
-      "last committed checkpoint.")
+    f"saving a checkpoint into {directory} failed ({type(error).__name__}: {str(error)[:300]}); free space there: "
+    f"{_gib(free_bytes(directory))}. Nothing after the last committed checkpoint is saved. Free disk space (or "
+    "lower train.keep_checkpoints) or pass a --workdir on a larger disk, then restart: the run resumes from its "
+    "last committed checkpoint."
+  )
 
 
 def check_free_space(directory: Path, abstract_state, keep: int) -> None:
@@ -390,18 +449,33 @@ def check_free_space(directory: Path, abstract_state, keep: int) -> None:
   if paths.is_remote(directory):
     return
   steps = sorted((p for p in Path(directory).glob("*") if p.name.isdigit()), key=lambda p: int(p.name))
-  need = directory_bytes(steps[-1]) if steps else sum(
-      int(x.size) * x.dtype.itemsize for x in jax.tree_util.tree_leaves(abstract_state))
+  need = (
+    directory_bytes(steps[-1])
+    if steps
+    else sum(int(x.size) * x.dtype.itemsize for x in jax.tree_util.tree_leaves(abstract_state))
+  )
   free = free_bytes(directory)
   if free < need:
     raise CheckpointError(
-        f"{directory} has {_gib(free)} free, less than one checkpoint needs (~{_gib(need)}; train.keep_checkpoints="
-        f"{keep} of them are kept). Free disk space or pass a --workdir on a larger disk before training.")
+      f"{directory} has {_gib(free)} free, less than one checkpoint needs (~{_gib(need)}; train.keep_checkpoints="
+      f"{keep} of them are kept). Free disk space or pass a --workdir on a larger disk before training."
+    )
 
 
 # The global batch size has its own check (_check_global_batch); accum_steps may change (another host count).
-SCHEDULE_KEYS = ("steps", "lr", "min_lr_ratio", "warmup_steps", "schedule", "b1", "b2", "eps", "weight_decay",
-                 "decay_embeddings", "grad_clip")
+SCHEDULE_KEYS = (
+  "steps",
+  "lr",
+  "min_lr_ratio",
+  "warmup_steps",
+  "schedule",
+  "b1",
+  "b2",
+  "eps",
+  "weight_decay",
+  "decay_embeddings",
+  "grad_clip",
+)
 
 
 def optimizer_settings(train_cfg) -> dict[str, Any]:
@@ -418,7 +492,8 @@ def check_schedule(stored: dict, current: dict, *, allow: bool, workdir: str) ->
   if diff and not allow:
     listed = ", ".join(f"train.{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
     raise CheckpointError(
-        f"{workdir} holds a run trained with other optimizer/schedule settings ({listed}); resuming would jump the "
-        "learning-rate schedule. Nothing was overwritten: resume with the stored settings, use a new --workdir, or "
-        "set train.allow_schedule_change=True to continue with the new ones (recorded in metrics.jsonl).")
+      f"{workdir} holds a run trained with other optimizer/schedule settings ({listed}); resuming would jump the "
+      "learning-rate schedule. Nothing was overwritten: resume with the stored settings, use a new --workdir, or "
+      "set train.allow_schedule_change=True to continue with the new ones (recorded in metrics.jsonl)."
+    )
   return diff

@@ -31,8 +31,10 @@ def resolve_dir(setting: str) -> str | None:
   if not setting:
     return None
   if "://" in setting:
-    raise ValueError(f"train.compilation_cache_dir={setting!r} must be a local folder (a per-host cache); "
-                     "use a path on the host's disk, or '' to turn the cache off")
+    raise ValueError(
+      f"train.compilation_cache_dir={setting!r} must be a local folder (a per-host cache); "
+      "use a path on the host's disk, or '' to turn the cache off"
+    )
   return default_dir() if setting == "auto" else os.path.abspath(os.path.expanduser(setting))
 
 
@@ -78,5 +80,11 @@ def stats() -> dict:
 
 def log_stats() -> None:
   s = _STATS
-  logging.info("compilation: %.1f s compiling or loading programs; persistent cache %d hits, %d misses "
-               "(%.1f s of compilation saved)", s["compile_s"], s["hits"], s["misses"], s["saved_s"])
+  logging.info(
+    "compilation: %.1f s compiling or loading programs; persistent cache %d hits, %d misses "
+    "(%.1f s of compilation saved)",
+    s["compile_s"],
+    s["hits"],
+    s["misses"],
+    s["saved_s"],
+  )

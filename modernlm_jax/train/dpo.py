@@ -24,8 +24,13 @@ from modernlm_jax.train.fused_ce import cross_entropy_terms
 
 def response_logps(params, model_cfg: ModelConfig, batch: dict, loss_chunk: int = 0):
   """Σ over masked positions of log p(target | prefix), per row: float32 [B]."""
-  h = LanguageModel(model_cfg).apply({"params": params}, batch["inputs"], positions=batch.get("positions"),
-                                     segment_ids=batch.get("segment_ids"), return_hidden=True)
+  h = LanguageModel(model_cfg).apply(
+    {"params": params},
+    batch["inputs"],
+    positions=batch.get("positions"),
+    segment_ids=batch.get("segment_ids"),
+    return_hidden=True,
+  )
   lse, target_logit = cross_entropy_terms(h, output_embedding(params, model_cfg), batch["targets"], loss_chunk)
   return jnp.sum((target_logit - lse) * batch["loss_mask"].astype(jnp.float32), axis=-1)
 
@@ -37,22 +42,22 @@ def dpo_terms(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: fl
   chosen_reward, rejected_reward = beta * chosen_logratio, beta * rejected_logratio
   margin = chosen_reward - rejected_reward
   return {
-      "loss": -jax.nn.log_sigmoid(margin),
-      # A tie (policy == reference, as at the start) is a coin flip, not a miss.
-      "reward_accuracy": jnp.where(margin > 0, 1.0, jnp.where(margin == 0, 0.5, 0.0)),
-      "reward_margin": margin,
-      "chosen_reward": chosen_reward,
-      "rejected_reward": rejected_reward,
-      "logratio": 0.5 * (chosen_logratio + rejected_logratio),  # how far the policy drifted from the reference
-      "chosen_logp": policy_chosen,
-      "rejected_logp": policy_rejected,
+    "loss": -jax.nn.log_sigmoid(margin),
+    # A tie (policy == reference, as at the start) is a coin flip, not a miss.
+    "reward_accuracy": jnp.where(margin > 0, 1.0, jnp.where(margin == 0, 0.5, 0.0)),
+    "reward_margin": margin,
+    "chosen_reward": chosen_reward,
+    "rejected_reward": rejected_reward,
+    "logratio": 0.5 * (chosen_logratio + rejected_logratio),  # how far the policy drifted from the reference
+    "chosen_logp": policy_chosen,
+    "rejected_logp": policy_rejected,
   }
 
 
 def side(batch: dict, name: str) -> dict:
   """The five standard keys of one side (`chosen_*` or `rejected_*`) of a DPO batch."""
   prefix = name + "_"
-  return {k[len(prefix):]: v for k, v in batch.items() if k.startswith(prefix)}
+  return {k[len(prefix) :]: v for k, v in batch.items() if k.startswith(prefix)}
 
 
 def real_pairs(batch: dict) -> jax.Array:
@@ -86,8 +91,10 @@ class DPOObjective:
   def loss_sums(self, params, batch, rng, ref_params=None) -> tuple[jax.Array, dict[str, Any]]:
     del rng
     if ref_params is None:
-      raise ValueError(f"{self.name} needs the frozen reference policy as ref_params (the loop keeps one for "
-                       "every objective with needs_reference=True)")
+      raise ValueError(
+        f"{self.name} needs the frozen reference policy as ref_params (the loop keeps one for "
+        "every objective with needs_reference=True)"
+      )
     policy_c, policy_r = self._both_logps(params, batch)
     ref_c, ref_r = jax.lax.stop_gradient(self._both_logps(ref_params, batch))
     terms = dpo_terms(policy_c, policy_r, ref_c, ref_r, self.beta)

@@ -14,8 +14,15 @@ from modernlm_jax.model import ModelConfig
 
 # bf16 dense peaks, FLOP/s per device.
 PEAK_FLOPS = {
-    "h100": 989e12, "h200": 989e12, "gh200": 989e12, "a100": 312e12,
-    "tpu v4": 275e12, "tpu v3": 123e12, "tpu v5 lite": 197e12, "tpu v5e": 197e12, "tpu v5p": 459e12,
+  "h100": 989e12,
+  "h200": 989e12,
+  "gh200": 989e12,
+  "a100": 312e12,
+  "tpu v4": 275e12,
+  "tpu v3": 123e12,
+  "tpu v5 lite": 197e12,
+  "tpu v5e": 197e12,
+  "tpu v5p": 459e12,
 }
 
 

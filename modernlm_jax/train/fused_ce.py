@@ -86,8 +86,12 @@ def _zero_cotangent(x):
 def _bwd(chunk, z_coef, res, cotangents):
   dh, dW, targets_N, mask_N = res
   g_total = cotangents[0]  # the metric outputs' cotangents are ignored (module docstring)
-  return ((g_total * dh).astype(dh.dtype), (g_total * dW).astype(dW.dtype), _zero_cotangent(targets_N),
-          _zero_cotangent(mask_N))
+  return (
+    (g_total * dh).astype(dh.dtype),
+    (g_total * dW).astype(dW.dtype),
+    _zero_cotangent(targets_N),
+    _zero_cotangent(mask_N),
+  )
 
 
 fused_cross_entropy.defvjp(_fwd, _bwd)
@@ -117,5 +121,5 @@ def cross_entropy_terms(hidden_BTD, w_DV, targets_BT, chunk: int = 0):
     h_NCD = jnp.pad(h_ND, ((0, pad), (0, 0))).reshape(n, chunk, D)
     t_NC = jnp.pad(t_N, (0, pad)).reshape(n, chunk)
     lse, tl = jax.lax.map(lambda args: jax.checkpoint(terms)(*args), (h_NCD, t_NC))
-    lse, tl = lse.reshape(-1)[:B * T], tl.reshape(-1)[:B * T]
+    lse, tl = lse.reshape(-1)[: B * T], tl.reshape(-1)[: B * T]
   return lse.reshape(B, T), tl.reshape(B, T)

@@ -28,12 +28,18 @@ def load_params(path: str) -> tuple[dict, dict]:
 def check_same_model(stored_model: dict, model_dict: dict, path: str) -> None:
   """Architecture fields must match; compute-only fields (dtype, kernel, remat) may differ."""
   free = {"dtype", "attention_impl", "remat", "family"}
-  stored_model = {**stored_model, "layer_pattern": ",".join(stored_model.get("layer_pattern") or [])
-                  if not isinstance(stored_model.get("layer_pattern"), str) else stored_model["layer_pattern"]}
+  stored_model = {
+    **stored_model,
+    "layer_pattern": ",".join(stored_model.get("layer_pattern") or [])
+    if not isinstance(stored_model.get("layer_pattern"), str)
+    else stored_model["layer_pattern"],
+  }
   diff = {k: (stored_model.get(k), v) for k, v in model_dict.items() if k not in free and stored_model.get(k) != v}
   if diff:
-    raise InitFromError(f"init_from={path} holds a different model (stored vs configured: {diff}); use the same "
-                        "--config preset as the run you start from")
+    raise InitFromError(
+      f"init_from={path} holds a different model (stored vs configured: {diff}); use the same "
+      "--config preset as the run you start from"
+    )
 
 
 def make_init_params_fn(path: str, model_dict: dict):
@@ -48,9 +54,12 @@ def make_init_params_fn(path: str, model_dict: dict):
       raise InitFromError(f"init_from={path}: {len(flat_host)} parameter arrays, the model has {len(flat_abs)}")
     for kp, a in flat_abs:
       if kp not in flat_host or tuple(np.shape(flat_host[kp])) != a.shape:
-        raise InitFromError(f"init_from={path}: parameter {jax.tree_util.keystr(kp)} is missing or has shape "
-                            f"{np.shape(flat_host.get(kp))} instead of {a.shape}")
-    return jax.tree_util.tree_map(lambda a, h, s: jax.device_put(np.asarray(h, np.float32), s),
-                                  abstract_params, params_host, shardings)
+        raise InitFromError(
+          f"init_from={path}: parameter {jax.tree_util.keystr(kp)} is missing or has shape "
+          f"{np.shape(flat_host.get(kp))} instead of {a.shape}"
+        )
+    return jax.tree_util.tree_map(
+      lambda a, h, s: jax.device_put(np.asarray(h, np.float32), s), abstract_params, params_host, shardings
+    )
 
   return init_fn

@@ -85,21 +85,33 @@ def _init_or_restore(config, model_cfg, optimizer, mesh, ckpt, stage: StageData,
       stage.train_iter.set_state(data_state)
     logging.info("resumed from checkpoint step %d in %s", step, ckpt.directory)
     return state, shardings, step
-  state = jax.jit(lambda: create_state(model_cfg, optimizer, config.seed, with_reference=with_ref),
-                  out_shardings=shardings)()
+  state = jax.jit(
+    lambda: create_state(model_cfg, optimizer, config.seed, with_reference=with_ref), out_shardings=shardings
+  )()
   if init_params_fn is not None:
     params = init_params_fn(abstract.params, shardings.params)
     # The reference gets its own buffers: the train step donates the state, and one buffer cannot be donated twice.
-    ref = jax.jit(lambda p: jax.tree_util.tree_map(jnp.copy, p), out_shardings=shardings.params)(params) \
-        if with_ref else None
-    state = state.replace(params=params, opt_state=jax.jit(optimizer.init, out_shardings=shardings.opt_state)(params),
-                          ref_params=ref)
+    ref = (
+      jax.jit(lambda p: jax.tree_util.tree_map(jnp.copy, p), out_shardings=shardings.params)(params)
+      if with_ref
+      else None
+    )
+    state = state.replace(
+      params=params, opt_state=jax.jit(optimizer.init, out_shardings=shardings.opt_state)(params), ref_params=ref
+    )
   return state, shardings, 0
 
 
 @workdir_lock.holding_workdir  # one run per workdir, for the whole run
-def train(config, workdir: str | Path, stage: StageData, *, init_params_fn: Callable | None = None,
-          on_step: Callable | None = None, stop_at: int | None = None) -> dict[str, Any]:
+def train(
+  config,
+  workdir: str | Path,
+  stage: StageData,
+  *,
+  init_params_fn: Callable | None = None,
+  on_step: Callable | None = None,
+  stop_at: int | None = None,
+) -> dict[str, Any]:
   """Runs (or resumes) a stage to `config.train.steps`; returns the final metrics.
 
   `stop_at` ends this invocation early at that step with a checkpoint (a time-sliced or preemptible
@@ -115,37 +127,61 @@ def train(config, workdir: str | Path, stage: StageData, *, init_params_fn: Call
     raise ValueError(f"train.batch_size={B} must be divisible by train.accum_steps={accum}")
   mesh_lib.check_batch_divisible(B // accum, mesh)
 
-  ckpt = ckpt_lib.Checkpointer(workdir / "checkpoints", keep=int(t_cfg.keep_checkpoints),
-                               async_save=bool(t_cfg.async_checkpoint))
+  ckpt = ckpt_lib.Checkpointer(
+    workdir / "checkpoints", keep=int(t_cfg.keep_checkpoints), async_save=bool(t_cfg.async_checkpoint)
+  )
   identity = ckpt_lib.run_identity(config)
   if ckpt.latest_step() is not None:
     ckpt_lib.check_identity(ckpt.read_meta() or {}, identity, stage.tokenizer.identity, str(workdir))
-  schedule_changes = ckpt_lib.check_schedule(
-      ckpt.read_meta() or {}, identity["optimizer"], allow=bool(t_cfg.get("allow_schedule_change", False)),
-      workdir=str(workdir)) if ckpt.latest_step() is not None else {}
+  schedule_changes = (
+    ckpt_lib.check_schedule(
+      ckpt.read_meta() or {},
+      identity["optimizer"],
+      allow=bool(t_cfg.get("allow_schedule_change", False)),
+      workdir=str(workdir),
+    )
+    if ckpt.latest_step() is not None
+    else {}
+  )
   objective = make_objective(config)
   optimizer = make_optimizer(t_cfg, jax.eval_shape(lambda: init_params(model_cfg, int(config.seed))))
   schedule = learning_rate_schedule(t_cfg)
-  state, shardings, start = _init_or_restore(config, model_cfg, optimizer, mesh, ckpt, stage, init_params_fn,
-                                             with_ref=bool(objective.needs_reference))
+  state, shardings, start = _init_or_restore(
+    config, model_cfg, optimizer, mesh, ckpt, stage, init_params_fn, with_ref=bool(objective.needs_reference)
+  )
   ckpt_lib.check_free_space(ckpt.directory, state, int(t_cfg.keep_checkpoints))
 
-  step_fn = jit_train_step(make_train_step(objective, optimizer, schedule, accum_steps=accum,
-                                       guard_nonfinite=bool(t_cfg.skip_nonfinite)), shardings, mesh, accum)
+  step_fn = jit_train_step(
+    make_train_step(objective, optimizer, schedule, accum_steps=accum, guard_nonfinite=bool(t_cfg.skip_nonfinite)),
+    shardings,
+    mesh,
+    accum,
+  )
   eval_step = make_eval_step(objective, mesh)
   eval_batches = [to_global(process_rows(b), mesh, 1) for b in stage.eval_batches]
-  meta = {**identity, "tokenizer_identity": stage.tokenizer.identity, "config": json.loads(config.to_json_best_effort())}
+  meta = {
+    **identity,
+    "tokenizer_identity": stage.tokenizer.identity,
+    "config": json.loads(config.to_json_best_effort()),
+  }
   is_main = jax.process_index() == 0
   if start and is_main:
     truncate_metrics(workdir, start)  # rows of steps past the restored checkpoint are about to be run again
-  writer = MetricWriter(workdir, tensorboard=bool(t_cfg.tensorboard) and is_main, enabled=is_main,
-                        trackers=t_cfg.get("trackers", "tensorboard"), config=meta["config"])
+  writer = MetricWriter(
+    workdir,
+    tensorboard=bool(t_cfg.tensorboard) and is_main,
+    enabled=is_main,
+    trackers=t_cfg.get("trackers", "tensorboard"),
+    config=meta["config"],
+  )
   if schedule_changes:
-    logging.warning("train.allow_schedule_change=True: resuming step %d with changed settings %s", start,
-                    schedule_changes)
+    logging.warning(
+      "train.allow_schedule_change=True: resuming step %d with changed settings %s", start, schedule_changes
+    )
     writer.write({"step": start, "schedule_changed": json.dumps(schedule_changes)})
-  guard = preemption.PreemptionGuard(checkpoint_minutes=float(t_cfg.get("checkpoint_minutes", 0.0) or 0.0),
-                                     process_count=jax.process_count())
+  guard = preemption.PreemptionGuard(
+    checkpoint_minutes=float(t_cfg.get("checkpoint_minutes", 0.0) or 0.0), process_count=jax.process_count()
+  )
   preempted_at = None
   fpt = functools.lru_cache(maxsize=None)(functools.partial(flops_per_token, model_cfg))  # per sequence length
   peak = device_peak_flops()
@@ -174,8 +210,11 @@ def train(config, workdir: str | Path, stage: StageData, *, init_params_fn: Call
     now = time.perf_counter()
     seconds, t_last = max(now - t_last, 1e-9), now
     # Tokens and FLOPs of the interval from its batches (lengths may change under data.seq_len_schedule).
-    interval = {"step_time_s": seconds / len(items), "tokens_per_s": sum(it[3][0] for it in items) / seconds,
-                "flops_per_s": sum(fpt(it[3][1]) * it[3][0] for it in items) / seconds}
+    interval = {
+      "step_time_s": seconds / len(items),
+      "tokens_per_s": sum(it[3][0] for it in items) / seconds,
+      "flops_per_s": sum(fpt(it[3][1]) * it[3][0] for it in items) / seconds,
+    }
     for (step, _, data_state, n_tokens), m in zip(items, host):
       process(step, m, data_state, n_tokens[0], interval)
 
@@ -183,13 +222,19 @@ def train(config, workdir: str | Path, stage: StageData, *, init_params_fn: Call
     nonlocal tokens_seen
     if not m.pop("finite") and not t_cfg.skip_nonfinite:
       raise NonFiniteLossError(
-          f"non-finite loss or gradient norm at step {step} (loss={m.get('objective_loss')}, grad_norm="
-          f"{m.get('grad_norm')}); data position {json.dumps(data_state)[:300]}. Nothing from this step on was "
-          f"saved; last good checkpoint: step {last_good_ckpt} in {ckpt.directory}. Lower train.lr, raise "
-          "train.warmup_steps, or set train.skip_nonfinite=True to skip such batches.")
+        f"non-finite loss or gradient norm at step {step} (loss={m.get('objective_loss')}, grad_norm="
+        f"{m.get('grad_norm')}); data position {json.dumps(data_state)[:300]}. Nothing from this step on was "
+        f"saved; last good checkpoint: step {last_good_ckpt} in {ckpt.directory}. Lower train.lr, raise "
+        "train.warmup_steps, or set train.skip_nonfinite=True to skip such batches."
+      )
     tokens_seen += n_tokens
-    m.update(step=step + 1, step_time_s=interval["step_time_s"], tokens_per_s=interval["tokens_per_s"],
-             tokens=n_tokens, tokens_seen=tokens_seen)
+    m.update(
+      step=step + 1,
+      step_time_s=interval["step_time_s"],
+      tokens_per_s=interval["tokens_per_s"],
+      tokens=n_tokens,
+      tokens_seen=tokens_seen,
+    )
     if peak:
       m["mfu"] = interval["flops_per_s"] / peak
     if (step + 1) % int(t_cfg.log_every) == 0 or step == start:
@@ -227,15 +272,17 @@ def train(config, workdir: str | Path, stage: StageData, *, init_params_fn: Call
       if evaluate_now or save_now:
         process_pending()  # syncs on this step: never evaluate or save a non-finite state unnoticed
       if evaluate_now:
-        ev = evaluate(eval_step, state.params, eval_batches, state.ref_params,
-                      reports_perplexity=bool(objective.reports_perplexity))
+        ev = evaluate(
+          eval_step, state.params, eval_batches, state.ref_params, reports_perplexity=bool(objective.reports_perplexity)
+        )
         ev["step"], ev["tokens_seen"] = step + 1, tokens_seen
         writer.write(ev)
         progress.show({**final, **ev})
         final.update(ev)
       if save_now:
-        ckpt.save(step + 1, state, data_state, {**meta, "step": step + 1, "tokens_seen": tokens_seen},
-                  force=done or save_due)
+        ckpt.save(
+          step + 1, state, data_state, {**meta, "step": step + 1, "tokens_seen": tokens_seen}, force=done or save_due
+        )
         guard.saved()
         last_good_ckpt = step + 1
       if (step + 1) % int(t_cfg.log_every) == 0:

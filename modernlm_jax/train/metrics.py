@@ -14,8 +14,15 @@ class MetricWriter:
   """Process 0 writes; on a gs:// workdir both files are written locally and uploaded (paths.LocalMirror):
   object stores cannot append, and tensorboardX writes only local files without extra GCS clients."""
 
-  def __init__(self, workdir: Path, *, tensorboard: bool, enabled: bool = True, trackers: str = "tensorboard",
-               config: dict | None = None):
+  def __init__(
+    self,
+    workdir: Path,
+    *,
+    tensorboard: bool,
+    enabled: bool = True,
+    trackers: str = "tensorboard",
+    config: dict | None = None,
+  ):
     from modernlm_jax.train.trackers import open_trackers, parse_trackers
 
     names = parse_trackers(trackers)
@@ -46,7 +53,9 @@ class MetricWriter:
           self._tb.add_scalar(k, v, row["step"])
       self._tb.flush()
     if self._trackers and "step" in row:
-      scalars = {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+      scalars = {
+        k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
+      }
       for tracker in self._trackers:
         tracker.log_scalars(int(row["step"]), scalars)
     self._mirror.sync()

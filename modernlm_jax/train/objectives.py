@@ -85,16 +85,25 @@ class NextTokenObjective:
 
   def hidden(self, params, batch):
     return LanguageModel(self.model_cfg).apply(
-        {"params": params}, batch["inputs"], positions=batch.get("positions"),
-        segment_ids=batch.get("segment_ids") if self.use_segment_ids else None, return_hidden=True)
+      {"params": params},
+      batch["inputs"],
+      positions=batch.get("positions"),
+      segment_ids=batch.get("segment_ids") if self.use_segment_ids else None,
+      return_hidden=True,
+    )
 
   def loss_sums(self, params, batch, rng, ref_params=None) -> tuple[jax.Array, dict[str, Any]]:
     del ref_params
     h = self.hidden(params, batch)
     D = h.shape[-1]
-    total, nll_sum, z = fused_cross_entropy(h.reshape(-1, D), output_embedding(params, self.model_cfg),
-                                            batch["targets"].reshape(-1), batch["loss_mask"].reshape(-1),
-                                            self.loss_chunk, float(self.z_loss))
+    total, nll_sum, z = fused_cross_entropy(
+      h.reshape(-1, D),
+      output_embedding(params, self.model_cfg),
+      batch["targets"].reshape(-1),
+      batch["loss_mask"].reshape(-1),
+      self.loss_chunk,
+      float(self.z_loss),
+    )
     metrics = {"loss": nll_sum}
     if self.z_loss:
       metrics["z_loss"] = z

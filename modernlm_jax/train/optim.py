@@ -73,9 +73,16 @@ def make_optimizer(train_cfg, params) -> optax.GradientTransformation:
   if train_cfg.get("optimizer", "adamw") != "adamw":
     chain.append(make_matrix_optimizer(train_cfg, params, schedule))
   else:
-    chain.append(optax.adamw(schedule, b1=float(train_cfg.b1), b2=float(train_cfg.b2), eps=float(train_cfg.eps),
-                             weight_decay=float(train_cfg.weight_decay),
-                             mask=decay_mask(params, bool(train_cfg.decay_embeddings))))
+    chain.append(
+      optax.adamw(
+        schedule,
+        b1=float(train_cfg.b1),
+        b2=float(train_cfg.b2),
+        eps=float(train_cfg.eps),
+        weight_decay=float(train_cfg.weight_decay),
+        mask=decay_mask(params, bool(train_cfg.decay_embeddings)),
+      )
+    )
   return optax.chain(*chain)
 
 
@@ -119,13 +126,26 @@ def make_matrix_optimizer(train_cfg, params, schedule) -> optax.GradientTransfor
   muon_lr = float(train_cfg.get("muon_lr", 0.02))
   muon_schedule = lambda step: schedule(step) * (muon_lr / peak if peak else 0.0)
   labels = jax.tree_util.tree_map_with_path(
-      lambda path, leaf: "adamw" if muon_dimensions(path, leaf) is None else "muon", params)
+    lambda path, leaf: "adamw" if muon_dimensions(path, leaf) is None else "muon", params
+  )
   dims = lambda tree: jax.tree_util.tree_map_with_path(muon_dimensions, tree)
-  return optax.partition({
-      "muon": muon(muon_schedule, beta=float(train_cfg.get("muon_beta", 0.95)),
-                   weight_decay=float(train_cfg.weight_decay), muon_weight_dimension_numbers=dims),
+  return optax.partition(
+    {
+      "muon": muon(
+        muon_schedule,
+        beta=float(train_cfg.get("muon_beta", 0.95)),
+        weight_decay=float(train_cfg.weight_decay),
+        muon_weight_dimension_numbers=dims,
+      ),
       # The mask is a function: inside the partition AdamW sees the tree with Muon's leaves masked out.
-      "adamw": optax.adamw(schedule, b1=float(train_cfg.b1), b2=float(train_cfg.b2), eps=float(train_cfg.eps),
-                           weight_decay=float(train_cfg.weight_decay),
-                           mask=lambda tree: decay_mask(tree, bool(train_cfg.decay_embeddings))),
-  }, labels)
+      "adamw": optax.adamw(
+        schedule,
+        b1=float(train_cfg.b1),
+        b2=float(train_cfg.b2),
+        eps=float(train_cfg.eps),
+        weight_decay=float(train_cfg.weight_decay),
+        mask=lambda tree: decay_mask(tree, bool(train_cfg.decay_embeddings)),
+      ),
+    },
+    labels,
+  )

@@ -40,8 +40,9 @@ def exit_code(signum: int) -> int:
 class PreemptionGuard:
   """Owns the SIGTERM/SIGINT handlers for one training run (install on entry, restore on exit)."""
 
-  def __init__(self, *, checkpoint_minutes: float = 0.0, process_count: int = 1,
-               exit_now: Callable[[int], None] = os._exit):
+  def __init__(
+    self, *, checkpoint_minutes: float = 0.0, process_count: int = 1, exit_now: Callable[[int], None] = os._exit
+  ):
     self.signum: int | None = None
     self.checkpoint_seconds = float(checkpoint_minutes) * 60.0
     self.process_count = int(process_count)
@@ -71,8 +72,11 @@ class PreemptionGuard:
       self._exit_now(exit_code(signum))
       return
     self.signum = signum
-    print(f"received {_NAMES.get(signum, signum)}: finishing this step, saving a checkpoint and exiting "
-          "(send it again to exit at once, without saving)", flush=True)
+    print(
+      f"received {_NAMES.get(signum, signum)}: finishing this step, saving a checkpoint and exiting "
+      "(send it again to exit at once, without saving)",
+      flush=True,
+    )
 
   # ------------------------------------------------------------------------------------------- decisions
 

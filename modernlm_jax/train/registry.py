@@ -19,8 +19,14 @@ def _next_token(config, model_cfg: ModelConfig, name: str = "next_token") -> Obj
   t = config.train
   # SFT always isolates examples; pretraining follows data.isolate_documents.
   use_segments = name == "sft" or bool(config.get("data", {}).get("isolate_documents", True))
-  return NextTokenObjective(model_cfg, z_loss=float(t.z_loss), sigreg_weight=float(t.sigreg_weight),
-                            loss_chunk=int(t.loss_chunk), name=name, use_segment_ids=use_segments)
+  return NextTokenObjective(
+    model_cfg,
+    z_loss=float(t.z_loss),
+    sigreg_weight=float(t.sigreg_weight),
+    loss_chunk=int(t.loss_chunk),
+    name=name,
+    use_segment_ids=use_segments,
+  )
 
 
 def _dpo(config, model_cfg: ModelConfig) -> Objective:
@@ -28,9 +34,9 @@ def _dpo(config, model_cfg: ModelConfig) -> Objective:
 
 
 OBJECTIVES: dict[str, Builder] = {
-    "next_token": _next_token,
-    "sft": lambda config, model_cfg: _next_token(config, model_cfg, "sft"),
-    "dpo": _dpo,
+  "next_token": _next_token,
+  "sft": lambda config, model_cfg: _next_token(config, model_cfg, "sft"),
+  "dpo": _dpo,
 }
 
 
@@ -46,6 +52,8 @@ def objective_names() -> list[str]:
 def make_objective(config) -> Objective:
   kind = str(config.get("objective", "next_token"))
   if kind not in OBJECTIVES:
-    raise ValueError(f"objective={kind!r} is not valid; choose one of {objective_names()} "
-                     "(or register one with modernlm_jax.train.registry.register_objective)")
+    raise ValueError(
+      f"objective={kind!r} is not valid; choose one of {objective_names()} "
+      "(or register one with modernlm_jax.train.registry.register_objective)"
+    )
   return OBJECTIVES[kind](config, ModelConfig.from_dict(config.model))

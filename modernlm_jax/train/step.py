@@ -33,9 +33,14 @@ class TrainState:
 
 def create_state(model_cfg: ModelConfig, optimizer, seed: int, with_reference: bool = False) -> TrainState:
   params = init_params(model_cfg, int(seed))
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
-                    rng=jax.random.key_data(jax.random.key(seed + 1)), skipped=jnp.zeros((), jnp.int32),
-                    ref_params=params if with_reference else None)
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    opt_state=optimizer.init(params),
+    rng=jax.random.key_data(jax.random.key(seed + 1)),
+    skipped=jnp.zeros((), jnp.int32),
+    ref_params=params if with_reference else None,
+  )
 
 
 def _dict_path(path) -> tuple[str, ...]:
@@ -45,8 +50,10 @@ def _dict_path(path) -> tuple[str, ...]:
 def state_shardings(abstract_state: TrainState, model_cfg: ModelConfig, mesh) -> TrainState:
   """Params by logical-axis rules; optimizer moments like the parameter they track; scalars replicated."""
   p_shard = mesh_lib.param_shardings(param_logical_axes(model_cfg), abstract_state.params, mesh)
-  by_path = {_dict_path(path): s for path, s in jax.tree_util.tree_leaves_with_path(
-      p_shard, is_leaf=lambda x: isinstance(x, NamedSharding))}
+  by_path = {
+    _dict_path(path): s
+    for path, s in jax.tree_util.tree_leaves_with_path(p_shard, is_leaf=lambda x: isinstance(x, NamedSharding))
+  }
   rep = NamedSharding(mesh, P())
 
   def like_param(path, leaf):
@@ -58,8 +65,14 @@ def state_shardings(abstract_state: TrainState, model_cfg: ModelConfig, mesh) ->
     return rep
 
   opt_shard = jax.tree_util.tree_map_with_path(like_param, abstract_state.opt_state)
-  return abstract_state.replace(step=rep, params=p_shard, opt_state=opt_shard, rng=rep, skipped=rep,
-                                ref_params=None if abstract_state.ref_params is None else p_shard)
+  return abstract_state.replace(
+    step=rep,
+    params=p_shard,
+    opt_state=opt_shard,
+    rng=rep,
+    skipped=rep,
+    ref_params=None if abstract_state.ref_params is None else p_shard,
+  )
 
 
 def _tree_where(pred, new, old):
@@ -87,13 +100,16 @@ def make_train_step(objective, optimizer, schedule, *, accum_steps: int = 1, gua
     if accum_steps == 1:
       (loss, sums), grads = grad_fn(state.params, batch, rng)
     else:
+
       def body(carry, xs):
         mb, i = xs
         (l, s), g = grad_fn(state.params, mb, jax.random.fold_in(rng, i))
         return jax.tree_util.tree_map(jnp.add, carry, (l, s, g)), None
 
-      zeros = jax.tree_util.tree_map(jnp.zeros_like, jax.eval_shape(
-          lambda: grad_fn(state.params, jax.tree_util.tree_map(lambda x: x[0], batch), rng)))
+      zeros = jax.tree_util.tree_map(
+        jnp.zeros_like,
+        jax.eval_shape(lambda: grad_fn(state.params, jax.tree_util.tree_map(lambda x: x[0], batch), rng)),
+      )
       (loss, sums), grads = zeros
       (loss, sums, grads), _ = jax.lax.scan(body, (loss, sums, grads), (batch, jnp.arange(accum_steps)))
     grad_norm = optax.global_norm(grads)
@@ -103,11 +119,21 @@ def make_train_step(objective, optimizer, schedule, *, accum_steps: int = 1, gua
     if guard_nonfinite:
       new_params = _tree_where(finite, new_params, state.params)
       new_opt_state = _tree_where(finite, new_opt_state, state.opt_state)
-    new_state = state.replace(step=state.step + 1, params=new_params, opt_state=new_opt_state,
-                              skipped=state.skipped + (~finite).astype(jnp.int32))
+    new_state = state.replace(
+      step=state.step + 1,
+      params=new_params,
+      opt_state=new_opt_state,
+      skipped=state.skipped + (~finite).astype(jnp.int32),
+    )
     metrics = {k: v / weight for k, v in sums.items()}
-    metrics.update(objective_loss=loss, grad_norm=grad_norm, lr=schedule(state.step), finite=finite,
-                   skipped=new_state.skipped, weight=weight)
+    metrics.update(
+      objective_loss=loss,
+      grad_norm=grad_norm,
+      lr=schedule(state.step),
+      finite=finite,
+      skipped=new_state.skipped,
+      weight=weight,
+    )
     return new_state, metrics
 
   return step_fn

@@ -10,9 +10,17 @@ import numpy as np
 
 
 class SyntheticBatches:
-
-  def __init__(self, *, batch_size: int, seq_len: int, vocab_size: int, seed: int = 0, period: int = 7,
-               process_index: int = 0, process_count: int = 1):
+  def __init__(
+    self,
+    *,
+    batch_size: int,
+    seq_len: int,
+    vocab_size: int,
+    seed: int = 0,
+    period: int = 7,
+    process_index: int = 0,
+    process_count: int = 1,
+  ):
     if batch_size % process_count:
       raise ValueError(f"batch_size {batch_size} is not divisible by process_count {process_count}")
     self.batch_size, self.seq_len, self.vocab, self.seed, self.period = batch_size, seq_len, vocab_size, seed, period
@@ -26,9 +34,13 @@ class SyntheticBatches:
     seq = (start + step * np.arange(self.seq_len + 1)[None]) % self.vocab
     seq = seq[self.rows].astype(np.int32)
     b, t = seq.shape[0], self.seq_len
-    return {"inputs": seq[:, :-1], "targets": seq[:, 1:],
-            "positions": np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)).copy(),
-            "segment_ids": np.ones((b, t), np.int32), "loss_mask": np.ones((b, t), np.float32)}
+    return {
+      "inputs": seq[:, :-1],
+      "targets": seq[:, 1:],
+      "positions": np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)).copy(),
+      "segment_ids": np.ones((b, t), np.int32),
+      "loss_mask": np.ones((b, t), np.float32),
+    }
 
   def __iter__(self):
     return self

@@ -36,8 +36,10 @@ def find_trace_file(trace_dir: str | Path) -> Path:
     found = sorted(trace_dir.rglob(pattern), key=lambda p: p.stat().st_mtime)
     if found:
       return found[-1]
-  raise FileNotFoundError(f"no trace file ({', '.join(TRACE_PATTERNS)}) under {trace_dir}; run a profile first "
-                          "(python -m modernlm_jax.jobs.profile --config=configs/bench.py:<preset>)")
+  raise FileNotFoundError(
+    f"no trace file ({', '.join(TRACE_PATTERNS)}) under {trace_dir}; run a profile first "
+    "(python -m modernlm_jax.jobs.profile --config=configs/bench.py:<preset>)"
+  )
 
 
 def load_trace_events(path: str | Path) -> list[dict]:
@@ -49,8 +51,13 @@ def load_trace_events(path: str | Path) -> list[dict]:
 
 
 def _device_pids(events: Iterable[dict]) -> set:
-  return {e.get("pid") for e in events if e.get("ph") == "M" and e.get("name") == "process_name"
-          and str(e.get("args", {}).get("name", "")).startswith("/device:")}
+  return {
+    e.get("pid")
+    for e in events
+    if e.get("ph") == "M"
+    and e.get("name") == "process_name"
+    and str(e.get("args", {}).get("name", "")).startswith("/device:")
+  }
 
 
 def top_ops(events: list[dict], n: int = 20) -> list[OpTime]:
@@ -61,8 +68,11 @@ def top_ops(events: list[dict], n: int = 20) -> list[OpTime]:
   process, named by the event.
   """
   complete = [e for e in events if e.get("ph") == "X" and "dur" in e]
-  ops = [(e["args"]["hlo_op"], float(e["dur"])) for e in complete if isinstance(e.get("args"), dict)
-         and e["args"].get("hlo_op")]
+  ops = [
+    (e["args"]["hlo_op"], float(e["dur"]))
+    for e in complete
+    if isinstance(e.get("args"), dict) and e["args"].get("hlo_op")
+  ]
   if not ops:
     device = _device_pids(events)
     ops = [(str(e.get("name")), float(e["dur"])) for e in complete if e.get("pid") in device]

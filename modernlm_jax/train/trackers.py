@@ -33,8 +33,10 @@ def parse_trackers(spec: Any) -> list[str]:
   names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else list(spec or [])) if s.strip()]
   unknown = [n for n in names if n not in TRACKERS]
   if unknown:
-    raise ValueError(f"train.trackers={spec!r} has unknown tracker(s) {unknown}; choose from {list(TRACKERS)} "
-                     "(comma-separated, '' for none)")
+    raise ValueError(
+      f"train.trackers={spec!r} has unknown tracker(s) {unknown}; choose from {list(TRACKERS)} "
+      "(comma-separated, '' for none)"
+    )
   return list(dict.fromkeys(names))
 
 
@@ -42,9 +44,10 @@ def _import(name: str):
   try:
     return __import__(name)
   except ImportError as e:
-    raise ImportError(f"train.trackers includes {name!r} but the package is not installed: "
-                      f"pip install -e '.[{_EXTRA[name]}]' (or drop {name!r} from train.trackers)") from e
-
+    raise ImportError(
+      f"train.trackers includes {name!r} but the package is not installed: "
+      f"pip install -e '.[{_EXTRA[name]}]' (or drop {name!r} from train.trackers)"
+    ) from e
 
 
 class WandbTracker:
@@ -53,8 +56,15 @@ class WandbTracker:
     id_file = local_dir / "wandb_run_id"
     run_id = id_file.read_text().strip() if id_file.is_file() else None
     (local_dir / "wandb").mkdir(parents=True, exist_ok=True)
-    self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "modernlm_jax"), name=name, dir=str(local_dir),
-                          id=run_id, resume="allow", config=config or {}, reinit="create_new")
+    self.run = wandb.init(
+      project=os.environ.get("WANDB_PROJECT", "modernlm_jax"),
+      name=name,
+      dir=str(local_dir),
+      id=run_id,
+      resume="allow",
+      config=config or {},
+      reinit="create_new",
+    )
     id_file.write_text(self.run.id + "\n")
     self.dir = Path(self.run.dir).parent  # <workdir>/wandb/(offline-)run-<time>-<id>
 
@@ -73,8 +83,15 @@ class TrackioTracker:
     trackio = _import("trackio")
     self._trackio = trackio
     self.project = os.environ.get("TRACKIO_PROJECT", "modernlm_jax")
-    self.run = trackio.init(project=self.project, name=name, config=config or {}, resume="allow",
-                            embed=False, auto_log_gpu=False, auto_log_cpu=False)
+    self.run = trackio.init(
+      project=self.project,
+      name=name,
+      config=config or {},
+      resume="allow",
+      embed=False,
+      auto_log_gpu=False,
+      auto_log_cpu=False,
+    )
 
   def log_scalars(self, step: int, scalars: dict[str, float]) -> None:
     self.run.log(scalars, step=step)

@@ -65,8 +65,7 @@ def _is_stale(info: dict) -> bool:
 def acquire(workdir: str | Path) -> Path | None:
   """Takes the lock of `workdir` (creating the folder); raises WorkdirLockedError naming a live holder."""
   if str(workdir).startswith("gs://"):
-    logging.warning("no workdir lock on %s (object stores have no exclusive create); run one job per workdir",
-                    workdir)
+    logging.warning("no workdir lock on %s (object stores have no exclusive create); run one job per workdir", workdir)
     return None
   import jax
 
@@ -79,8 +78,13 @@ def acquire(workdir: str | Path) -> Path | None:
   if key in _held:
     _held[key] += 1
     return path
-  info = {"host": socket.gethostname(), "pid": os.getpid(), "start_ticks": _process_start_ticks(os.getpid()),
-          "started_unix": time.time(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+  info = {
+    "host": socket.gethostname(),
+    "pid": os.getpid(),
+    "start_ticks": _process_start_ticks(os.getpid()),
+    "started_unix": time.time(),
+    "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+  }
   for _ in range(40):  # a few takeovers of stale locks, or up to ~5 s for a starting holder to write its details
     try:
       fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -94,19 +98,25 @@ def acquire(workdir: str | Path) -> Path | None:
         continue
       if holder and not _is_stale(holder):
         raise WorkdirLockedError(
-            f"{workdir} is in use by another run ({_holder_text(holder)}; lock file {path}). Two runs on one "
-            "workdir would mix their checkpoints and metrics: wait for it to finish, stop it, or pass another "
-            f"--workdir. If that run is gone (e.g. its host died), delete {path}.") from None
-      logging.warning("taking over the stale lock of %s (%s is no longer running)", workdir,
-                      _holder_text(holder) if holder else "an unreadable lock file")
+          f"{workdir} is in use by another run ({_holder_text(holder)}; lock file {path}). Two runs on one "
+          "workdir would mix their checkpoints and metrics: wait for it to finish, stop it, or pass another "
+          f"--workdir. If that run is gone (e.g. its host died), delete {path}."
+        ) from None
+      logging.warning(
+        "taking over the stale lock of %s (%s is no longer running)",
+        workdir,
+        _holder_text(holder) if holder else "an unreadable lock file",
+      )
       path.unlink(missing_ok=True)
       continue
     with os.fdopen(fd, "w") as f:
       json.dump(info, f)
     _held[key] = 1
     return path
-  raise WorkdirLockedError(f"could not take the lock {path}: another run seems to be starting in {workdir} (the lock "
-                           "file stays empty or keeps reappearing); wait for it, or delete the file if no run is there")
+  raise WorkdirLockedError(
+    f"could not take the lock {path}: another run seems to be starting in {workdir} (the lock "
+    "file stays empty or keeps reappearing); wait for it, or delete the file if no run is there"
+  )
 
 
 def release(path: Path | None) -> None:

@@ -15,12 +15,12 @@ MANIFEST.md), run function, shots, metrics; ``task_path(name, data_root)`` resol
 from __future__ import annotations
 
 from modernlm_jax.eval.fewshot.choice import (
-    load_hellaswag,
-    load_lambada,
-    load_sst2,
-    run_hellaswag,
-    run_lambada,
-    run_sst2,
+  load_hellaswag,
+  load_lambada,
+  load_sst2,
+  run_hellaswag,
+  run_lambada,
+  run_sst2,
 )
 from modernlm_jax.eval.fewshot.common import TaskDataError
 from modernlm_jax.eval.fewshot.gsm8k import load_gsm8k, run_gsm8k
@@ -32,6 +32,21 @@ LOGLIKELIHOOD_TASKS = {name: t.run for name, t in TASKS.items() if t.needs == "f
 GENERATION_TASKS = {name: t.run for name, t in TASKS.items() if t.needs == "generate"}
 
 
-__all__ = ["TASKS", "Task", "register_task", "TASK_FILES", "LOGLIKELIHOOD_TASKS", "GENERATION_TASKS", "TaskDataError", "task_path",
-           "run_lambada", "run_hellaswag", "run_sst2", "run_gsm8k",
-           "load_lambada", "load_hellaswag", "load_sst2", "load_gsm8k"]
+__all__ = [
+  "TASKS",
+  "Task",
+  "register_task",
+  "TASK_FILES",
+  "LOGLIKELIHOOD_TASKS",
+  "GENERATION_TASKS",
+  "TaskDataError",
+  "task_path",
+  "run_lambada",
+  "run_hellaswag",
+  "run_sst2",
+  "run_gsm8k",
+  "load_lambada",
+  "load_hellaswag",
+  "load_sst2",
+  "load_gsm8k",
+]

@@ -41,13 +41,18 @@ def register_task(task: Task) -> Task:
 
 
 for _task in (
-    Task("lambada", ("lambada/lambada_test.jsonl",), run_lambada, 0, ("acc", "perplexity")),
-    # The official HellaSwag jsonl first, if someone adds it.
-    Task("hellaswag", ("hellaswag/hellaswag_val.jsonl", "hellaswag/hellaswag_val_full.txt.bz2",
-                       "hellaswag/hellaswag_val_full.txt"), run_hellaswag, 0, ("acc", "acc_norm"), headline="acc_norm"),
-    Task("sst2", ("sst2/dev.tsv",), run_sst2, 4, ("acc",)),
-    Task("gsm8k", ("gsm8k/test.jsonl",), run_gsm8k, 5, ("exact_match_strict", "exact_match_flexible"),
-         needs="generate"),
+  Task("lambada", ("lambada/lambada_test.jsonl",), run_lambada, 0, ("acc", "perplexity")),
+  # The official HellaSwag jsonl first, if someone adds it.
+  Task(
+    "hellaswag",
+    ("hellaswag/hellaswag_val.jsonl", "hellaswag/hellaswag_val_full.txt.bz2", "hellaswag/hellaswag_val_full.txt"),
+    run_hellaswag,
+    0,
+    ("acc", "acc_norm"),
+    headline="acc_norm",
+  ),
+  Task("sst2", ("sst2/dev.tsv",), run_sst2, 4, ("acc",)),
+  Task("gsm8k", ("gsm8k/test.jsonl",), run_gsm8k, 5, ("exact_match_strict", "exact_match_flexible"), needs="generate"),
 ):
   register_task(_task)
 

@@ -97,7 +97,8 @@ def _fwd_kernel(q_ref, k_ref, v_ref, *refs, scale, bq, bk, has_seg, has_alibi, h
     alpha = jnp.exp(m - m_new)
     l = l * alpha + jnp.sum(p, axis=1)
     acc = acc * alpha[:, None] + jax.lax.dot_general(
-        p.astype(v.dtype), v, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+      p.astype(v.dtype), v, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32
+    )
     return m_new, l, acc
 
   n_kv = pl.cdiv((i + 1) * bq, bk)  # causal: no key block past the diagonal
@@ -121,12 +122,10 @@ def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, scale, 
     q_idx = i * bq + jnp.arange(bq, dtype=jnp.int32)
     s, mask = _scores(q, k, scale, q_idx, k_idx, _load(qseg_ref, sl), kseg, _load(qal_ref, sl), kal)
     p = jnp.where(mask, jnp.exp(s - lse_ref[sl][:, None]), 0.0)
-    dv = dv + jax.lax.dot_general(p.astype(do.dtype), do, (((0,), (0,)), ((), ())),
-                                  preferred_element_type=jnp.float32)
+    dv = dv + jax.lax.dot_general(p.astype(do.dtype), do, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
     dp = jax.lax.dot_general(do, v, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
     ds = p * (dp - delta_ref[sl][:, None])
-    dk = dk + jax.lax.dot_general(ds.astype(q.dtype), q, (((0,), (0,)), ((), ())),
-                                  preferred_element_type=jnp.float32)
+    dk = dk + jax.lax.dot_general(ds.astype(q.dtype), q, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
     return dk, dv
 
   zeros = jnp.zeros(dk_ref.shape, jnp.float32)
@@ -152,8 +151,7 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, scale, bq
     p = jnp.where(mask, jnp.exp(s - lse[:, None]), 0.0)
     dp = jax.lax.dot_general(do, v, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
     ds = p * (dp - delta[:, None])
-    return dq + jax.lax.dot_general(ds.astype(k.dtype), k, (((1,), (0,)), ((), ())),
-                                    preferred_element_type=jnp.float32)
+    return dq + jax.lax.dot_general(ds.astype(k.dtype), k, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
 
   dq = jax.lax.fori_loop(0, pl.cdiv((i + 1) * bq, bk), body, jnp.zeros(dq_ref.shape, jnp.float32))
   dq_ref[...] = (dq * scale).astype(dq_ref.dtype)
@@ -197,15 +195,24 @@ def _forward(q, k, v, seg, alibi, sink, *, block, interpret, num_warps, num_stag
   if sink is not None:
     arrays.append(jnp.broadcast_to(sink.astype(jnp.float32)[None, :, None], (B, H, T)))
     specs.append(vbht)
-  kernel = functools.partial(_fwd_kernel, scale=scale, bq=bq, bk=bk, has_seg=seg is not None,
-                             has_alibi=alibi is not None, has_sink=sink is not None)
+  kernel = functools.partial(
+    _fwd_kernel,
+    scale=scale,
+    bq=bq,
+    bk=bk,
+    has_seg=seg is not None,
+    has_alibi=alibi is not None,
+    has_sink=sink is not None,
+  )
   return pl.pallas_call(
-      kernel, grid=(B, H, T // bq),
-      in_specs=[qspec, kvspec, kvspec] + specs,
-      out_specs=[qspec, vbht],
-      out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((B, H, T), jnp.float32)],
-      interpret=interpret, compiler_params=_compiler_params(interpret, num_warps, num_stages),
-      name="flash_attention_fwd",
+    kernel,
+    grid=(B, H, T // bq),
+    in_specs=[qspec, kvspec, kvspec] + specs,
+    out_specs=[qspec, vbht],
+    out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((B, H, T), jnp.float32)],
+    interpret=interpret,
+    compiler_params=_compiler_params(interpret, num_warps, num_stages),
+    name="flash_attention_fwd",
   )(q, k, v, *arrays)
 
 
@@ -221,42 +228,51 @@ def _backward(q, k, v, o, lse, do, seg, alibi, *, block, interpret, num_warps, n
   kblk_mat, _, _ = _specs(bk, T, Dh, True)
   arrays, specs = _extras(seg, alibi, bq, bk, T, q_blocked=False)
   dk, dv = pl.pallas_call(
-      functools.partial(_dkdv_kernel, n_q=T // bq, **flags), grid=(B, H, T // bk),
-      in_specs=[whole_mat, kblk_mat, kblk_mat, whole_mat, whole_vec, whole_vec] + specs,
-      out_specs=[kblk_mat, kblk_mat],
-      out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
-      interpret=interpret, compiler_params=params, name="flash_attention_dkdv",
+    functools.partial(_dkdv_kernel, n_q=T // bq, **flags),
+    grid=(B, H, T // bk),
+    in_specs=[whole_mat, kblk_mat, kblk_mat, whole_mat, whole_vec, whole_vec] + specs,
+    out_specs=[kblk_mat, kblk_mat],
+    out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
+    interpret=interpret,
+    compiler_params=params,
+    name="flash_attention_dkdv",
   )(q, k, v, do, lse, delta, *arrays)
 
   qblk_mat, _, qblk_vec = _specs(bq, T, Dh, True)
   arrays, specs = _extras(seg, alibi, bq, bk, T, q_blocked=True)
   dq = pl.pallas_call(
-      functools.partial(_dq_kernel, **flags), grid=(B, H, T // bq),
-      in_specs=[qblk_mat, whole_mat, whole_mat, qblk_mat, qblk_vec, qblk_vec] + specs,
-      out_specs=qblk_mat,
-      out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
-      interpret=interpret, compiler_params=params, name="flash_attention_dq",
+    functools.partial(_dq_kernel, **flags),
+    grid=(B, H, T // bq),
+    in_specs=[qblk_mat, whole_mat, whole_mat, qblk_mat, qblk_vec, qblk_vec] + specs,
+    out_specs=qblk_mat,
+    out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
+    interpret=interpret,
+    compiler_params=params,
+    name="flash_attention_dq",
   )(q, k, v, do, lse, delta, *arrays)
   return dq, dk, dv, delta
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9))
 def _flash_bhtd(q, k, v, seg, alibi, sink, block, interpret, num_warps, num_stages):
-  o, _ = _forward(q, k, v, seg, alibi, sink, block=block, interpret=interpret, num_warps=num_warps,
-                  num_stages=num_stages)
+  o, _ = _forward(
+    q, k, v, seg, alibi, sink, block=block, interpret=interpret, num_warps=num_warps, num_stages=num_stages
+  )
   return o
 
 
 def _flash_fwd(q, k, v, seg, alibi, sink, block, interpret, num_warps, num_stages):
-  o, lse = _forward(q, k, v, seg, alibi, sink, block=block, interpret=interpret, num_warps=num_warps,
-                    num_stages=num_stages)
+  o, lse = _forward(
+    q, k, v, seg, alibi, sink, block=block, interpret=interpret, num_warps=num_warps, num_stages=num_stages
+  )
   return o, (q, k, v, seg, alibi, sink, o, lse)
 
 
 def _flash_bwd(block, interpret, num_warps, num_stages, res, do):
   q, k, v, seg, alibi, sink, o, lse = res
-  dq, dk, dv, delta = _backward(q, k, v, o, lse, do, seg, alibi, block=block, interpret=interpret,
-                                num_warps=num_warps, num_stages=num_stages)
+  dq, dk, dv, delta = _backward(
+    q, k, v, o, lse, do, seg, alibi, block=block, interpret=interpret, num_warps=num_warps, num_stages=num_stages
+  )
   dseg = None if seg is None else jnp.zeros_like(seg)
   dalibi = None if alibi is None else jnp.zeros_like(alibi)  # slopes are fixed, not learned
   dsink = None
@@ -269,9 +285,20 @@ def _flash_bwd(block, interpret, num_warps, num_stages, res, do):
 _flash_bhtd.defvjp(_flash_fwd, _flash_bwd)
 
 
-def flash_attention(q_BTHD, k_BTHD, v_BTHD, *, segment_ids_BT=None, positions_BT=None, alibi_slopes_H=None,
-                    sink_H=None, block: int = DEFAULT_BLOCK, interpret: bool = False, num_warps: int = 4,
-                    num_stages: int = 2):
+def flash_attention(
+  q_BTHD,
+  k_BTHD,
+  v_BTHD,
+  *,
+  segment_ids_BT=None,
+  positions_BT=None,
+  alibi_slopes_H=None,
+  sink_H=None,
+  block: int = DEFAULT_BLOCK,
+  interpret: bool = False,
+  num_warps: int = 4,
+  num_stages: int = 2,
+):
   """Causal softmax attention [B, T, H, Dh] -> [B, T, H, Dh] in q's dtype (float32 softmax statistics).
 
   `segment_ids_BT`: tokens attend only within their segment (packed documents). `alibi_slopes_H` with
@@ -280,8 +307,10 @@ def flash_attention(q_BTHD, k_BTHD, v_BTHD, *, segment_ids_BT=None, positions_BT
   """
   B, T, H, Dh = q_BTHD.shape
   if k_BTHD.shape != q_BTHD.shape or v_BTHD.shape != q_BTHD.shape:
-    raise ValueError(f"flash_attention needs q, k, v of one shape [B, T, H, Dh]; got {q_BTHD.shape}, "
-                     f"{k_BTHD.shape}, {v_BTHD.shape} (KV-cache decoding uses another kernel)")
+    raise ValueError(
+      f"flash_attention needs q, k, v of one shape [B, T, H, Dh]; got {q_BTHD.shape}, "
+      f"{k_BTHD.shape}, {v_BTHD.shape} (KV-cache decoding uses another kernel)"
+    )
   blk = _block_for(T, block)
   T_pad = -(-T // blk) * blk
   pad = T_pad - T
