@@ -347,6 +347,24 @@ def streaming_nll(
   return np.asarray(nll)
 
 
+def sample_from_config(params, cfg, sample_cfg, prompt_ids, *, eos_id: int, seed: int) -> list[int]:
+  """The continuation of `prompt_ids` under a run's `sample` settings (temperature, top_k, top_p,
+  max_new_tokens), the prompt's left end dropped so prompt and continuation fit in `cfg.max_len`."""
+  budget = max(1, cfg.max_len - int(sample_cfg.max_new_tokens))
+  out = generate(
+    params,
+    cfg,
+    [list(prompt_ids)[-budget:]],
+    max_new_tokens=int(sample_cfg.max_new_tokens),
+    temperature=float(sample_cfg.temperature),
+    top_k=int(sample_cfg.top_k),
+    top_p=float(sample_cfg.top_p),
+    stop_ids=[eos_id],
+    seed=int(seed),
+  )[0]
+  return [t for t in out if t != eos_id]
+
+
 if __name__ == "__main__":  # `python -m modernlm_jax.generate ...`: the command lives in generate_cli (a layer up)
   from modernlm_jax.generate_cli import main
 

@@ -420,8 +420,13 @@ def export_hf_gpt2(
     from safetensors.numpy import save_file
   except ImportError as e:
     raise ImportError("exporting needs `pip install safetensors` (or `pip install -e '.[hf]'`)") from e
-  hf_config = hf_config_from(cfg, eos_token_id=eos_token_id)
-  state = params_to_hf_state(params, cfg)
+  return write_hf_folder(
+    out_dir, params_to_hf_state(params, cfg), hf_config_from(cfg, eos_token_id=eos_token_id), save_file
+  )
+
+
+def write_hf_folder(out_dir, state: dict, hf_config: dict, save_file) -> Path:
+  """`model.safetensors` + `config.json` in `out_dir` (created), as `from_pretrained` reads them."""
   out = Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   # transformers refuses safetensors files whose metadata lacks a framework tag.

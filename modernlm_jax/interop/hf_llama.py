@@ -29,8 +29,8 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
+from modernlm_jax.interop import hf_gpt2
 from modernlm_jax.interop.hf_gpt2 import (
-  SAFETENSORS_FILE,
   CheckpointError,
   _read_json,
   check_params_match_config,
@@ -407,12 +407,9 @@ def export_hf_llama(
     raise ImportError("exporting needs `pip install safetensors` (or `pip install -e '.[hf]'`)") from e
   if eos_token_id is None and tokenizer is not None:
     eos_token_id = int(tokenizer.eos_id)
-  hf_config = hf_config_from(cfg, eos_token_id=eos_token_id)
-  state = params_to_hf_state(params, cfg)
-  out = Path(out_dir)
-  out.mkdir(parents=True, exist_ok=True)
-  save_file(state, str(out / SAFETENSORS_FILE), metadata={"format": "pt"})
-  (out / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
+  out = hf_gpt2.write_hf_folder(
+    out_dir, params_to_hf_state(params, cfg), hf_config_from(cfg, eos_token_id=eos_token_id), save_file
+  )
   if eos_token_id is not None:
     (out / "generation_config.json").write_text(
       json.dumps({"eos_token_id": eos_token_id, "pad_token_id": eos_token_id, "bos_token_id": None}, indent=2) + "\n"

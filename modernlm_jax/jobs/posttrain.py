@@ -118,24 +118,13 @@ def posttrain_stage(config, workdir: str | Path, tokenizer) -> tuple[StageData, 
 
 def print_instruction_sample(config, params, tokenizer) -> str:
   """Greedy-ish continuation of `config.sample.prompt` as an Alpaca instruction."""
-  from modernlm_jax.generate import generate
+  from modernlm_jax.generate import sample_from_config
 
   s = config.sample
   cfg = ModelConfig.from_dict(config.model)
   prompt_ids = [tokenizer.eos_id] + tokenizer.encode(alpaca_prompt(str(s.prompt)))
-  budget = max(1, cfg.max_len - int(s.max_new_tokens))
-  out = generate(
-    params,
-    cfg,
-    [prompt_ids[-budget:]],
-    max_new_tokens=int(s.max_new_tokens),
-    temperature=float(s.temperature),
-    top_k=int(s.top_k),
-    top_p=float(s.top_p),
-    stop_ids=[tokenizer.eos_id],
-    seed=int(config.seed),
-  )[0]
-  text = tokenizer.decode([t for t in out if t != tokenizer.eos_id])
+  out = sample_from_config(params, cfg, s, prompt_ids, eos_id=tokenizer.eos_id, seed=int(config.seed))
+  text = tokenizer.decode(out)
   print(f"instruction: {s.prompt!r}\nresponse: {text!r}", flush=True)
   return text
 

@@ -41,24 +41,13 @@ def pretrain_stage(config, workdir) -> StageData:
 
 
 def print_sample(config, params, tokenizer) -> str:
-  from modernlm_jax.generate import generate
+  from modernlm_jax.generate import sample_from_config
 
   s = config.sample
   cfg = ModelConfig.from_dict(config.model)
   prompt = tokenizer.encode(str(s.prompt)) or [tokenizer.eos_id]
-  budget = max(1, cfg.max_len - int(s.max_new_tokens))
-  out = generate(
-    params,
-    cfg,
-    [prompt[-budget:]],
-    max_new_tokens=int(s.max_new_tokens),
-    temperature=float(s.temperature),
-    top_k=int(s.top_k),
-    top_p=float(s.top_p),
-    stop_ids=[tokenizer.eos_id],
-    seed=int(config.seed),
-  )[0]
-  text = str(s.prompt) + tokenizer.decode([t for t in out if t != tokenizer.eos_id])
+  out = sample_from_config(params, cfg, s, prompt, eos_id=tokenizer.eos_id, seed=int(config.seed))
+  text = str(s.prompt) + tokenizer.decode(out)
   print(f"sample: {text!r}", flush=True)
   return text
 
