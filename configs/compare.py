@@ -13,6 +13,11 @@ Presets:
   ablate-gate      modern family at 3.5m: attention output gate none vs elementwise.
   ablate-sigreg    modern family at 3.5m: SIGReg embedding regulariser off vs 0.1.
   ablate-seqlen    modern family at 3.5m: fixed vs progressive sequence length.
+  cpu-floor        the 2-core CPU budget of the published comparison: gpt2 / modern / hybrid at 3.5m, 3 seeds,
+                   256 steps of 8×512 = 1,048,576 tokens per member, every protocol measurement (long context to 8K).
+  cpu-ablations    the same budget, 1 seed: the modern 3.5m model against one change at a time (positions learned /
+                   alibi / rope+alibi, output gate headwise / elementwise, learned sinks, SIGReg, and progressive
+                   sequence length on the ALiBi model); quality measurements only (no speed, long context, dialogue).
 
 The families are gpt2, modern and the recurrent hybrid (the scale table in modernlm_jax.model.scales).
 Data: every preset but `smoke` trains on the shared Gutenberg + WikiText-2 train text ($MODERNLM_SHARED_DATA or
@@ -25,7 +30,17 @@ import ml_collections
 
 from modernlm_jax.config_base import base_config
 
-PRESETS = ("smoke", "tiny", "seed004", "ablate-positions", "ablate-gate", "ablate-sigreg", "ablate-seqlen")
+PRESETS = (
+  "smoke",
+  "tiny",
+  "seed004",
+  "ablate-positions",
+  "ablate-gate",
+  "ablate-sigreg",
+  "ablate-seqlen",
+  "cpu-floor",
+  "cpu-ablations",
+)
 
 
 def default_families() -> str:
@@ -250,6 +265,55 @@ def _ablate_seqlen():
   return c
 
 
+def _cpu_budget(c):
+  """What 2 CPU cores finish in about 6 minutes per 3.5m member: 256 steps of 8 × 512 = 1,048,576 tokens (≈0.06
+  epochs of the Gutenberg + WikiText-2 mix), the same tokens in the same order for every member of a seed."""
+  c.train.update(
+    dict(steps=256, batch_size=8, lr=2e-3, warmup_steps=25, eval_every=32, checkpoint_every=64, log_every=8)
+  )
+  c.compare.suite = "medium"  # 300 items per task: a 3.5m model's accuracy is near chance, so the error bar matters
+  c.compare.perplexity_max_chars = 400_000  # the first 400k characters of each corpus (~100k tokens): ±0.01 bits
+  c.compare.smoke.update(dict(overfit_len=128, overfit_steps=150))
+  return c
+
+
+def _cpu_floor():
+  c = _cpu_budget(_small(scales="3.5m"))
+  # The long-context curve to 8K (16K/32K cost minutes per member here and a 512-context model has long decayed).
+  c.compare.long_context.update(dict(contexts="2048,4096,8192", extrapolate_max=8192))
+  c.compare.dialogue.num_dialogues = 32
+  return c
+
+
+def _cpu_ablations():
+  steps = 256
+  progressive = f"64:{steps // 10},128:{steps // 5},256:{2 * steps // 5},512"
+  variants = {
+    "alibi": _variant("modern", "positions=alibi", model={"positions": "alibi"}),
+    "rope+alibi": _variant("modern", "positions=rope+alibi", model={"positions": "rope+alibi"}),
+    "learned-pos": _variant("modern", "positions=learned (GPT-2's table)", model={"positions": "learned"}),
+    "gate-headwise": _variant("modern", "attn_gate=headwise", model={"attn_gate": "headwise"}),
+    "gate-elementwise": _variant("modern", "attn_gate=elementwise", model={"attn_gate": "elementwise"}),
+    "sinks": _variant("modern", "attn_sinks=True (one learned sink logit per head)", model={"attn_sinks": True}),
+    "sigreg": _variant("modern", "sigreg_weight=0.1", train={"sigreg_weight": 0.1}),
+    "alibi-progressive": _variant(
+      "modern",
+      f"positions=alibi, progressive sequence length {progressive} (compare with alibi)",
+      model={"positions": "alibi"},
+      data={"seq_len_schedule": progressive},
+    ),
+  }
+  c = _cpu_budget(_small(scales="3.5m", seeds="0"))
+  c.compare.variants = ml_collections.ConfigDict(variants)
+  c.compare.families = ",".join(["modern", *variants])  # the unchanged modern model first: every verdict needs it
+  c.compare.baseline = "modern"
+  c.compare.smoke.enabled = False  # the smoke protocol compares families, not one family's variants
+  c.compare.inference.enabled = False  # the ablations measure quality; speed is the main comparison's job
+  c.compare.long_context.enabled = False
+  c.compare.dialogue.enabled = False
+  return c
+
+
 def get_config(arg: str | None = None):
   preset = arg or "smoke"
   if preset == "smoke":
@@ -277,6 +341,10 @@ def get_config(arg: str | None = None):
     )
   elif preset == "ablate-seqlen":
     c = _ablate_seqlen()
+  elif preset == "cpu-floor":
+    c = _cpu_floor()
+  elif preset == "cpu-ablations":
+    c = _cpu_ablations()
   else:
     raise ValueError(f"unknown compare preset {preset!r}; valid presets: {list(PRESETS)}")
   c.preset = preset

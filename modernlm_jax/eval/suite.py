@@ -93,6 +93,16 @@ SUITES: dict[str, SuiteSpec] = {
     num_fewshot=FEWSHOT,
     probes_per_tier=8,
   ),
+  # quick's corpora with 300 examples per task: an accuracy's standard error near chance is ~2.5 points.
+  "medium": SuiteSpec(
+    corpora=(CorpusSpec("tinystories:valid", max_chars=20_000),),
+    ppl_text_chars=20_000,
+    task_limit=300,
+    gsm8k_limit=8,
+    gsm8k_max_new_tokens=64,
+    num_fewshot=FEWSHOT,
+    probes_per_tier=8,
+  ),
   "full": SuiteSpec(
     corpora=(
       CorpusSpec("wikitext2:test", context=1024, stride=1024, batch_size=32, gpt2_protocol=True),
