@@ -11,6 +11,7 @@ PKG = Path(__file__).resolve().parents[1] / "modernlm_jax"
 # paths (the local/gs:// file layer) sits below data, whose tokenizer files go through it.
 LAYER = {
   "paths": -1,
+  "provenance": -1,
   "model": 0,
   "data": 0,
   "train": 1,

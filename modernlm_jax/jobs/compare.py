@@ -34,6 +34,7 @@ from modernlm_jax.compare import results as results_lib
 from modernlm_jax.compare import smoke as smoke_lib
 from modernlm_jax.compare.plan import Member
 from modernlm_jax.model import ModelConfig, scales
+from modernlm_jax.provenance import record_command
 from modernlm_jax.train.metrics import read_metrics
 
 log = logging.getLogger(__name__)
@@ -352,6 +353,8 @@ def run(config, workdir: str | Path) -> dict:
   members = plan_lib.plan(config)  # bad names fail here, before anything is trained
   plan_lib.check_data_source(config)  # and a missing corpus
   workdir.mkdir(parents=True, exist_ok=True)
+  if jax.process_index() == 0:
+    record_command(workdir)  # COMMAND: the command line and commit, published with results.json
   t0 = time.perf_counter()
   scale_names = list(dict.fromkeys(m.scale for m in members))
   tokenizers = plan_lib.build_shared_tokenizers(config, workdir, scale_names)
