@@ -328,3 +328,5 @@ def test_mini_comparison_end_to_end_resumes_and_reports_a_crashed_member(tmp_pat
   assert again_by_arm["modern"]["status"] == "ok"
   assert again_by_arm["modern"]["final"]["val_loss"] == pytest.approx(by_arm["modern"]["final"]["val_loss"], rel=1e-5)
   assert again_by_arm["broken"]["status"] == "failed"
+  command = (workdir / "COMMAND").read_text().splitlines()  # provenance: written at start, appended on resume
+  assert command[1].startswith("commit ") and command[2].startswith("started ") and command[3].startswith("resumed ")
