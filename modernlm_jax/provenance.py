@@ -26,7 +26,7 @@ def command_line(argv: list[str] | None = None) -> str:
 
 def code_commit() -> str:
   """`<sha>`, `<sha> (uncommitted changes)` or why it is unknown; never raises."""
-  root = Path(__file__).resolve().parents[2]
+  root = Path(__file__).resolve().parents[1]  # the checkout holding modernlm_jax/
   try:
     sha = subprocess.run(
       ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True

@@ -88,3 +88,11 @@ def test_headline_check_and_write_cli(tmp_path):
   assert subprocess.run([*cli, "--check", str(readme)], capture_output=True, text=True).returncode == 0
   missing = subprocess.run([*cli[:-1], str(tmp_path / "nope")], capture_output=True, text=True)
   assert missing.returncode == 2 and "results.json does not exist" in missing.stderr
+
+
+def test_code_commit_names_this_checkout():
+  root = provenance.Path(provenance.__file__).resolve().parents[1]
+  if not (root / ".git").exists():
+    pytest.skip("not a git checkout")
+  head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+  assert provenance.code_commit().split()[0] == head and len(head) == 40
