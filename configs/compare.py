@@ -60,7 +60,7 @@ def compare_defaults() -> ml_collections.ConfigDict:
       tokenizer="auto",  # auto (the scale table's kind) | gpt2 | sentencepiece | bytes
       vocab_size=0,  # > 0: every member's vocabulary (and the shared SentencePiece) has this size
       eval_batch_size=8,
-      suite="",  # "" (no downstream tasks) | quick | full (eval/suite.py)
+      suite="",  # "" (no downstream tasks) | quick | medium | full (eval/suite.py)
       data_root="",  # task / perplexity data; "" = $MODERNLM_SHARED_DATA, else ../shared/data
       perplexity="wikitext2:test,wikitext103:test,ptb:test",  # corpora scored for bits/byte and ppl ("" = none)
       probes=ml_collections.ConfigDict(

@@ -1,6 +1,7 @@
-"""Evaluation. `--config=configs/eval.py[:quick|full] --config.checkpoint=runs/x --workdir=runs/x-eval`.
+"""Evaluation. `--config=configs/eval.py[:quick|medium|full] --config.checkpoint=runs/x --workdir=runs/x-eval`.
 
-`quick` (default) finishes in minutes on a CPU for a tiny model; `full` adds WikiText-2 test with the
+`quick` (default) finishes in minutes on a CPU for a tiny model; `medium` scores 300 examples per task;
+`full` adds WikiText-2 test with the
 GPT-2 protocol (sequence 1024, batch 32, GPT-2 BPE) and every task example. Tasks whose data is
 missing under `data_root` are skipped with the reason; they never stop the run.
 `--config.eval.text=PATH` (a file or glob) adds any text for perplexity / bits per byte;
@@ -9,7 +10,7 @@ missing under `data_root` are skipped with the reason; they never stop the run.
 
 import ml_collections
 
-SUITES = ("quick", "full")
+SUITES = ("quick", "medium", "full")
 
 
 def get_config(arg: str | None = None):
