@@ -93,6 +93,31 @@ def test_ablation_presets_change_exactly_one_field_of_the_modern_family():
   assert sched["fixed-len"] == "" and sched["progressive-len"].endswith(f",{c.data.seq_len}")
 
 
+def _flat(cfg) -> dict:
+  return {f"model.{k}": v for k, v in ModelConfig.from_dict(cfg.model).to_dict().items()} | {
+    f"{section}.{k}": v for section in ("train", "data") for k, v in cfg[section].items()
+  }
+
+
+def test_cpu_ablations_change_only_what_each_arm_names():
+  c = CONFIGS.get_config("cpu-ablations")
+  flat = {m.arm: _flat(compare_plan.member_config(c, m, BYTES_TOK)) for m in compare_plan.plan(c)}
+  base = flat["modern"]
+  changed = {arm: {k for k, v in f.items() if base.get(k) != v} for arm, f in flat.items()}
+  assert changed == {
+    "modern": set(),
+    "alibi": {"model.positions"},
+    "rope+alibi": {"model.positions"},
+    "learned-pos": {"model.positions"},
+    "gate-headwise": {"model.attn_gate"},
+    "gate-elementwise": {"model.attn_gate"},
+    "sinks": {"model.attn_sinks"},
+    "sigreg": {"train.sigreg_weight"},
+    "alibi-progressive": {"model.positions", "data.seq_len_schedule"},
+  }
+  assert flat["alibi-progressive"]["data.seq_len_schedule"].startswith("64:") and c.compare.seeds == "0"
+
+
 def test_unknown_preset_scale_or_family_raises_listing_the_valid_ones():
   with pytest.raises(ValueError, match=r"valid presets: .*smoke.*seed004"):
     CONFIGS.get_config("huge")
