@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import chex
 import jax
@@ -88,6 +91,16 @@ def test_peak_memory_on_cpu_is_labelled_rss():
     assert out["peak_mem_bytes"] > 10 * 2**20  # a Python process with jax loaded
   else:
     assert out["mem_kind"] == "device_peak_bytes_in_use"
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
+def test_a_child_process_peak_is_its_own_not_the_parents():
+  # Linux carries ru_maxrss across fork and exec: a child of a large parent used to report the parent's peak.
+  big = np.ones(400 * 2**20 // 8)  # 400 MiB resident in this (parent) process
+  code = "from modernlm_jax.eval import inference_protocol as ip; print(ip._process_peak_rss_bytes())"
+  child = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+  assert big.sum() > 0 and ip._process_peak_rss_bytes() > 400 * 2**20
+  assert child < ip._process_peak_rss_bytes() - 300 * 2**20, (child, ip._process_peak_rss_bytes())
 
 
 def test_peak_memory_reads_device_allocator():

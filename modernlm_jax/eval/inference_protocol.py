@@ -137,6 +137,19 @@ def measure_decode(
 
 
 def _process_peak_rss_bytes() -> int:
+  """This process's own resident-set high-water mark.
+
+  Linux keeps `ru_maxrss` across fork and exec, so a measurement child started by a 3 GB parent reported the
+  parent's 3 GB as its own peak. /proc/self/status `VmHWM` belongs to the current address space (it starts again
+  at exec), so it is read first; `ru_maxrss` is the fallback where /proc does not exist (macOS).
+  """
+  try:
+    with open("/proc/self/status", encoding="ascii") as f:
+      for line in f:
+        if line.startswith("VmHWM:"):
+          return int(line.split()[1]) * 1024  # kB
+  except OSError:
+    pass
   peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
   # Linux reports kibibytes, macOS bytes.
   return int(peak) if sys.platform == "darwin" else int(peak) * 1024
