@@ -89,6 +89,9 @@ def compare_defaults() -> ml_collections.ConfigDict:
           subprocess=True,
         )
       ),  # one fresh process per member: its memory peak is its own
+      # "inference": measure only the inference protocol again for every finished member (from its final
+      # checkpoint) and rewrite results.json + report; "" = the normal run. COMMAND records the rerun.
+      remeasure="",
       perplexity_max_chars=0,  # > 0: score only the first this many characters of each corpus (quick runs)
       # Run before full training; gate: a failed check stops the comparison with FIX FIRST (False: go on anyway).
       smoke=ml_collections.ConfigDict(

@@ -267,6 +267,7 @@ def _check_compare(c: _Checker, config) -> None:
   p = "compare."
   c.number(k, "eval_batch_size", 1, integer=True, prefix=p)
   c.number(k, "vocab_size", 0, integer=True, prefix=p, hint=" (0: the scale table's)")
+  c.choice(k, "remeasure", ("", "inference"), prefix=p, hint=" ('' = the normal run)")
   if k.get("probes") is not None:
     pr = k.probes
     for name, lo in (("num_per_tier", 1), ("num_choices", 2), ("long_context", 1), ("batch_size", 1)):

@@ -43,12 +43,14 @@ def code_commit() -> str:
   return f"{sha} (uncommitted changes)" if dirty else sha
 
 
-def record_command(workdir, argv: list[str] | None = None) -> None:
-  """Writes `workdir/COMMAND` (a fresh run) or appends a `resumed` line to it (a resumed one)."""
+def record_command(workdir, argv: list[str] | None = None, note: str = "") -> None:
+  """Writes `workdir/COMMAND` (a fresh run) or appends a `resumed` line to it (a resumed one), ending with
+  `(note)` when given (e.g. what a rerun changed)."""
   now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
   path = workdir / COMMAND_NAME
   if path.exists():
     text = path.read_text()
-    path.write_text(text.rstrip("\n") + f"\nresumed {now} at commit {code_commit()}: {command_line(argv)}\n")
+    tail = f" ({note})" if note else ""
+    path.write_text(text.rstrip("\n") + f"\nresumed {now} at commit {code_commit()}: {command_line(argv)}{tail}\n")
     return
   path.write_text(f"{command_line(argv)}\ncommit {code_commit()}\nstarted {now}\n")

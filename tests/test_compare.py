@@ -353,5 +353,14 @@ def test_mini_comparison_end_to_end_resumes_and_reports_a_crashed_member(tmp_pat
   assert again_by_arm["modern"]["status"] == "ok"
   assert again_by_arm["modern"]["final"]["val_loss"] == pytest.approx(by_arm["modern"]["final"]["val_loss"], rel=1e-5)
   assert again_by_arm["broken"]["status"] == "failed"
+  # compare.remeasure=inference: only the inference entries are measured again; nothing is retrained.
+  config.compare.remeasure = "inference"
+  remeasured = {r["family"]: r for r in compare.run(config, workdir)["runs"]}
+  assert _line_counts(workdir) == lines
+  for arm in ("gpt2", "modern"):
+    before, after = again_by_arm[arm], remeasured[arm]
+    assert after["inference"]["decode_tok_s"] != before["inference"]["decode_tok_s"]  # a fresh timing
+    assert {k: v for k, v in after.items() if k != "inference"} == {k: v for k, v in before.items() if k != "inference"}
   command = (workdir / "COMMAND").read_text().splitlines()  # provenance: written at start, appended on resume
   assert command[1].startswith("commit ") and command[2].startswith("started ") and command[3].startswith("resumed ")
+  assert command[4].startswith("resumed ") and command[4].endswith("(remeasure=inference)")

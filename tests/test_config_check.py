@@ -116,6 +116,7 @@ BAD = {
     r"compare\.probes\.distances='2,0,x': '0' is not a positive integer",
   ),
   "compare_zero_overfit_lr": ("compare:smoke", {"compare.smoke.overfit_lr": 0.0}, r"compare\.smoke\.overfit_lr=0\.0"),
+  "compare_bad_remeasure": ("compare:smoke", {"compare.remeasure": "speed"}, r"compare\.remeasure='speed'"),
   "compare_data_fraction_zero": (
     "compare:smoke",
     {"compare.smoke.data_fraction": 0.0},

@@ -252,6 +252,33 @@ def _run_member(ctx: _Context, member: Member) -> dict:
     )
 
 
+def _remeasure_inference(ctx: _Context, members: list[Member], results: dict) -> None:
+  """compare.remeasure=inference: the inference protocol again for every finished member, from its final
+  checkpoint, replacing only its `inference` entry (after a fix to the measurement; nothing is retrained)."""
+  from modernlm_jax.train.checkpoint import load_run_params, locate_run
+
+  if not bool(ctx.config.compare.inference.enabled):
+    raise ValueError("compare.remeasure=inference needs compare.inference.enabled=True")
+  for i, member in enumerate(members):
+    prior = _find_run(results, member)
+    run_dir = member_dir(ctx.workdir, member)
+    if prior is None or prior["status"] != "ok":
+      log.warning("[compare] %d/%d %s: no successful run recorded, not remeasured", i + 1, len(members), member.name)
+      continue
+    params, meta, step = load_run_params(locate_run(run_dir, key="compare.remeasure"), key="compare.remeasure")
+    if step != plan_lib.member_steps(ctx.config, member):
+      raise ValueError(f"{run_dir} holds step {step}, not the final step: finish the comparison before remeasuring")
+    model_cfg = ModelConfig.from_dict(meta["model"])
+    plan = ctx.inference_plans[member.scale][member.arm]
+    log.info("[compare] %d/%d %s: remeasuring the inference protocol", i + 1, len(members), member.name)
+    measured = (
+      inference_lib.measure_in_subprocess(params, model_cfg, plan)
+      if plan["memory"]
+      else inference_lib.measure(params, model_cfg, plan)
+    )
+    prior["inference"] = inference_lib.entry(measured, plan)
+
+
 # --------------------------------------------------------------------------- smoke protocol
 
 
@@ -354,7 +381,9 @@ def run(config, workdir: str | Path) -> dict:
   plan_lib.check_data_source(config)  # and a missing corpus
   workdir.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
-    record_command(workdir)  # COMMAND: the command line and commit, published with results.json
+    remeasure = str(config.compare.get("remeasure", ""))
+    # COMMAND: the command line and commit, published with results.json.
+    record_command(workdir, note=f"remeasure={remeasure}" if remeasure else "")
   t0 = time.perf_counter()
   scale_names = list(dict.fromkeys(m.scale for m in members))
   tokenizers = plan_lib.build_shared_tokenizers(config, workdir, scale_names)
@@ -363,6 +392,12 @@ def run(config, workdir: str | Path) -> dict:
   results = _load_or_new(results_path, plan_lib.protocol(config, tokenizers), members)
   ctx = _Context(config, workdir, members, tokenizers)
   is_main = jax.process_index() == 0
+  if str(config.compare.get("remeasure", "")):
+    _remeasure_inference(ctx, members, results)
+    if is_main:
+      results_lib.save(results, results_path)
+      _log_summary(results, _write_report(results, workdir), time.perf_counter() - t0)
+    return results
   if bool(config.compare.smoke.enabled):
     smoke = _smoke_first(ctx, members, results)
     if smoke:
