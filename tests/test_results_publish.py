@@ -42,7 +42,7 @@ def test_headline_table_marks_and_words(tmp_path):
   # modern is 0.12 nats lower with seed sd 0.007: significant and better, and its loss cell is marked.
   assert "significantly better" in modern_8m and "4.0800 ± 0.0071 *" in modern_8m
   assert "Failed runs (left out of every cell): modern-8M-s2." in text
-  assert "- `modern` vs `gpt2` at 8M: **" in text
+  assert "- `modern` vs `gpt2` at 8M: **" in text and "graduation rule" in text
 
 
 def _workdir(tmp_path):

@@ -106,7 +106,7 @@ def _verdicts(results: Mapping) -> list[str]:
     if arm == base:
       continue
     v = decision.verdict_from_results(results, arm, base)
-    out.append(f"- `{arm}` vs `{base}` at {v['scale']}: **{v['decision']}** ({'; '.join(v['reasons'][:1])})")
+    out.append(f"- `{arm}` vs `{base}` at {v['scale']}: **{v['decision']}**: {'; '.join(v['reasons'])}.")
   return out
 
 
