@@ -3,6 +3,7 @@ is exactly what those results.json files produce (no claim in README beyond what
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -35,11 +36,13 @@ def test_folder_regenerates_byte_identically(folder, tmp_path):
 def test_readme_block_matches_results():
   text = (ROOT / "README.md").read_text(encoding="utf-8")
   assert headline.BEGIN in text, "README has no generated results block"
+  block = headline.BEGIN + text.split(headline.BEGIN, 1)[1].split(headline.END, 1)[0] + headline.END
+  # The README orders its folders (main comparison first); every committed folder must be in it, once.
+  listed = [Path(m) for m in re.findall(r"^### \[[^\]]+\]\((.+)/report\.md\)$", block, flags=re.M)]
   rel = [f.relative_to(ROOT) for f in FOLDERS]
-  head, rest = text.split(headline.BEGIN, 1)
-  block = headline.BEGIN + rest.split(headline.END, 1)[0] + headline.END
-  assert block + "\n" == headline.render(rel), (
+  assert sorted(listed) == sorted(rel), f"README lists {listed}, results/ holds {rel}"
+  assert block + "\n" == headline.render(listed), (
     "README's results block is stale: python -m modernlm_jax.compare.headline "
-    + " ".join(map(str, rel))
+    + " ".join(map(str, listed))
     + " --write README.md"
   )
