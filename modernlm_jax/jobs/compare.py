@@ -206,12 +206,7 @@ def _evaluate_member(ctx: _Context, member: Member, mcfg, params, tok, tokens_pe
     log.info(
       "[compare] %s: inference protocol (%s)", member.name, "own process" if plan["memory"] else "in process, no memory"
     )
-    measured = (
-      inference_lib.measure_in_subprocess(params, model_cfg, plan)
-      if plan["memory"]
-      else inference_lib.measure(params, model_cfg, plan)
-    )
-    entry["inference"] = inference_lib.entry(measured, plan)
+    entry["inference"] = _measure_inference(params, model_cfg, plan)
   run = results_lib.make_run(member.arm, member.scale, member.seed, scales.count_params(model_cfg)["total"], **entry)
   run.update(_protocol_extensions(ctx, member, params, model_cfg, fwd, tok))
   return run
@@ -252,6 +247,16 @@ def _run_member(ctx: _Context, member: Member) -> dict:
     )
 
 
+def _measure_inference(params, model_cfg: ModelConfig, plan: dict) -> dict:
+  """The inference entry: in a fresh process when the plan measures memory (its peak is then the member's own)."""
+  measured = (
+    inference_lib.measure_in_subprocess(params, model_cfg, plan)
+    if plan["memory"]
+    else inference_lib.measure(params, model_cfg, plan)
+  )
+  return inference_lib.entry(measured, plan)
+
+
 def _remeasure_inference(ctx: _Context, members: list[Member], results: dict) -> None:
   """compare.remeasure=inference: the inference protocol again for every finished member, from its final
   checkpoint, replacing only its `inference` entry (after a fix to the measurement; nothing is retrained)."""
@@ -271,12 +276,7 @@ def _remeasure_inference(ctx: _Context, members: list[Member], results: dict) ->
     model_cfg = ModelConfig.from_dict(meta["model"])
     plan = ctx.inference_plans[member.scale][member.arm]
     log.info("[compare] %d/%d %s: remeasuring the inference protocol", i + 1, len(members), member.name)
-    measured = (
-      inference_lib.measure_in_subprocess(params, model_cfg, plan)
-      if plan["memory"]
-      else inference_lib.measure(params, model_cfg, plan)
-    )
-    prior["inference"] = inference_lib.entry(measured, plan)
+    prior["inference"] = _measure_inference(params, model_cfg, plan)
 
 
 # --------------------------------------------------------------------------- smoke protocol
